@@ -1,0 +1,240 @@
+"""Checkpoint directories: save and load them, never leaving a half-written one.
+
+A checkpoint directory holds `config.json`, `model.safetensors` and `tokenizer.json`:
+everything needed to run the model. A training run directory is a checkpoint directory
+with the training state beside it, in `state/step_NNNNNNN/` (weights, optimizer moments,
+step, RNG states, data position, as safetensors + JSON: no pickle anywhere).
+
+Crash safety, the design a reader should know: a training state is written whole into
+`state/.tmp-…` and only then renamed to `state/step_NNNNNNN` — a rename is atomic, so
+a state directory either exists complete or not at all. Resume reads only from the
+newest complete state. The top-level model files are then replaced one by one, each by
+write-then-rename (the weights by a hard link to the state's copy, so no second write),
+so a reader always finds a whole file. Older states are deleted only after the new one
+is in place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from centelha.config import ModelConfig
+from centelha.errors import CentelhaError
+from centelha.model import Transformer
+from centelha.tokenizer import Tokenizer
+
+MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+STATE_DIR = "state"
+
+
+# -- small atomic-file helpers ------------------------------------------------------------
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp)` on a temporary name beside `path`, then rename it into place."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        write(tmp)
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+# -- model weights ------------------------------------------------------------------------
+def model_tensors(model: Transformer) -> dict[str, torch.Tensor]:
+    """State dict for safetensors: contiguous, and a tied LM head stored once."""
+    state = model.state_dict()
+    if model.cfg.tie_embeddings:
+        state.pop("lm_head.weight", None)
+    return {k: v.detach().contiguous() for k, v in state.items()}
+
+
+def load_weights(model: Transformer, path: Path) -> None:
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CentelhaError(f"{path} is not a readable safetensors file ({e})") from None
+    if model.cfg.tie_embeddings:
+        tensors.pop("lm_head.weight", None)
+    expected = set(model_tensors(model))
+    missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+    if missing or unexpected:
+        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise CentelhaError(f"{path} does not match its config.json: {detail}")
+    own = model.state_dict()
+    for name, tensor in tensors.items():
+        if tensor.shape != own[name].shape:
+            raise CentelhaError(f"{path}: {name} has shape {tuple(tensor.shape)}, config.json "
+                                f"implies {tuple(own[name].shape)}")
+    model.load_state_dict(tensors, strict=False)
+
+
+def save_model_files(path: str | Path, model: Transformer, tokenizer: Tokenizer) -> None:
+    """Write a checkpoint directory (each file atomically)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path / "config.json", json.dumps(model.cfg.to_dict(), indent=2) + "\n")
+    atomic_write(path / "model.safetensors",
+                 lambda tmp: save_file(model_tensors(model), str(tmp), {"format": "pt"}))
+    atomic_write_text(path / "tokenizer.json", tokenizer.to_str())
+
+
+def check_checkpoint_dir(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise CentelhaError(f"checkpoint not found: {path}")
+    if not path.is_dir():
+        raise CentelhaError(f"{path} is not a checkpoint directory")
+    missing = [name for name in MODEL_FILES if not (path / name).is_file()]
+    if missing:
+        raise CentelhaError(f"{path} is not a complete checkpoint: missing {', '.join(missing)}")
+    return path
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[Transformer, Tokenizer]:
+    """Model (in eval mode) and tokenizer from a checkpoint directory."""
+    path = check_checkpoint_dir(path)
+    cfg = ModelConfig.load(path / "config.json")
+    tokenizer = Tokenizer.load(path / "tokenizer.json")
+    model = Transformer(cfg)
+    load_weights(model, path / "model.safetensors")
+    return model.to(device).eval(), tokenizer
+
+
+# -- training state -----------------------------------------------------------------------
+def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors, plain = {}, {"param_groups": state["param_groups"], "state": {}}
+    for pid, values in state["state"].items():
+        for key, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer.{pid}.{key}"] = value.detach().contiguous()
+            else:
+                plain["state"].setdefault(str(pid), {})[key] = value
+    return tensors, plain
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], plain: dict) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optimizer."):
+            _, pid, key = name.split(".", 2)
+            state.setdefault(int(pid), {})[key] = value
+    for pid, values in plain["state"].items():
+        state.setdefault(int(pid), {}).update(values)
+    return {"state": state, "param_groups": plain["param_groups"]}
+
+
+def state_dirs(run_dir: Path) -> list[Path]:
+    root = Path(run_dir) / STATE_DIR
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))
+
+
+def latest_state(run_dir: str | Path) -> Path | None:
+    dirs = state_dirs(Path(run_dir))
+    return dirs[-1] if dirs else None
+
+
+def save_training_state(run_dir: str | Path, step: int, model: Transformer,
+                        optimizer: torch.optim.Optimizer, tokenizer: Tokenizer,
+                        tensors: dict[str, torch.Tensor], info: dict,
+                        keep: int = 1) -> Path:
+    """Write state/step_NNNNNNN atomically, publish the model files, drop older states."""
+    run_dir = Path(run_dir)
+    root = run_dir / STATE_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+    opt_tensors, opt_plain = _flatten_optimizer(optimizer.state_dict())
+    save_file(model_tensors(model), str(tmp / "model.safetensors"))
+    save_file({**opt_tensors, **tensors}, str(tmp / "train_state.safetensors"))
+    (tmp / "train_state.json").write_text(
+        json.dumps({"step": step, "optimizer": opt_plain, **info}, indent=2) + "\n")
+    for file in tmp.iterdir():
+        _fsync_file(file)
+    _fsync_dir(tmp)
+    final = root / f"step_{step:07d}"
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    publish_model(run_dir, final / "model.safetensors", model, tokenizer)
+    for old in state_dirs(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def publish_model(run_dir: Path, weights: Path, model: Transformer, tokenizer: Tokenizer) -> None:
+    """Put the checkpoint files at the top of the run dir, each replaced atomically."""
+    atomic_write_text(run_dir / "config.json", json.dumps(model.cfg.to_dict(), indent=2) + "\n")
+    atomic_write_text(run_dir / "tokenizer.json", tokenizer.to_str())
+
+    def link_or_copy(tmp: Path) -> None:
+        tmp.unlink()
+        try:
+            os.link(weights, tmp)
+        except OSError:
+            shutil.copyfile(weights, tmp)
+
+    atomic_write(run_dir / "model.safetensors", link_or_copy)
+
+
+def load_training_state(state_dir: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
+    """(model tensors, optimizer state dict, info with step and saved tensors) of a state."""
+    try:
+        weights = load_file(str(state_dir / "model.safetensors"))
+        tensors = load_file(str(state_dir / "train_state.safetensors"))
+        info = json.loads((state_dir / "train_state.json").read_text())
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CentelhaError(f"training state {state_dir} is unreadable ({e})") from None
+    optimizer = _unflatten_optimizer(tensors, info.pop("optimizer"))
+    info["tensors"] = {k: v for k, v in tensors.items() if not k.startswith("optimizer.")}
+    return weights, optimizer, info
+
+
+def clean_partial_states(run_dir: str | Path) -> None:
+    """Remove state directories a crash left half-written (they were never renamed)."""
+    root = Path(run_dir) / STATE_DIR
+    if root.is_dir():
+        for p in root.glob(".tmp-*"):
+            shutil.rmtree(p, ignore_errors=True)
+    for p in Path(run_dir).glob(".*.safetensors.*"):
+        p.unlink(missing_ok=True)
+    for name in ("config.json", "tokenizer.json"):
+        for p in Path(run_dir).glob(f".{name}.*"):
+            p.unlink(missing_ok=True)

@@ -1,0 +1,257 @@
+"""`Transformer`: the one decoder-only model class, with a KV cache for generation.
+
+Every family is this class with different switches from `ModelConfig`: LayerNorm or
+RMSNorm, learned or rotary positions, GELU or SwiGLU MLP, grouped-query attention,
+biases, q/k norms, tied embeddings.
+
+Design choices a reader should know:
+- Q, K and V come from one fused projection (`attn.qkv`), and SwiGLU's gate and up
+  projections from one (`mlp.fc_in`, gate rows first): one matrix product instead of
+  three or two, which matters on a CPU. Importers split or join other layouts.
+- Attention is `scaled_dot_product_attention`; grouped-query heads use its `enable_gqa`.
+- Rotary embeddings use the "rotate half" layout (first half of each head pairs with the
+  second half), the layout of Hugging Face checkpoints.
+- The KV cache is preallocated for the whole context: decoding writes into it in place,
+  so shapes never change from one step to the next.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from centelha.config import ModelConfig
+from centelha.errors import CentelhaError
+
+
+class KVCache:
+    """Keys and values of every layer for `batch` sequences, up to `max_len` positions."""
+
+    def __init__(self, cfg: ModelConfig, batch: int, max_len: int,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+        shape = (cfg.n_layer, batch, cfg.n_kv_head, max_len, cfg.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.max_len = max_len
+        self.pos = 0  # how many positions are filled (the same for the whole batch)
+
+    def reset(self) -> None:
+        self.pos = 0
+
+
+def rope_inverse_frequencies(cfg: ModelConfig) -> torch.Tensor:
+    """θ_i = base^(-2i/d) for each pair of channels of a head."""
+    half = torch.arange(0, cfg.head_dim, 2, dtype=torch.float64) / cfg.head_dim
+    return 1.0 / (cfg.rope_theta ** half)
+
+
+def rope_tables(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin for every position of the context, shape (block_size, head_dim)."""
+    inv_freq = rope_inverse_frequencies(cfg)
+    positions = torch.arange(cfg.block_size, dtype=torch.float64)
+    angles = torch.outer(positions, inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs (i, i + d/2) of x (B, H, T, D) by their position's angle."""
+    first, second = x.chunk(2, dim=-1)
+    rotated = torch.cat([-second, first], dim=-1)
+    return x * cos + rotated * sin
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return RMSNorm(dim, cfg.norm_eps)
+    return nn.LayerNorm(dim, eps=cfg.norm_eps, bias=cfg.bias)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.cfg = cfg
+        self.layer = layer
+        self.q_size = cfg.n_head * cfg.head_dim
+        self.kv_size = cfg.n_kv_head * cfg.head_dim
+        self.qkv = nn.Linear(cfg.d_model, self.q_size + 2 * self.kv_size, bias=cfg.qkv_bias)
+        self.proj = nn.Linear(self.q_size, cfg.d_model, bias=cfg.bias)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                cache: KVCache | None) -> torch.Tensor:
+        cfg = self.cfg
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(B, T, cfg.n_head, cfg.head_dim).transpose(1, 2)
+        k = k.view(B, T, cfg.n_kv_head, cfg.head_dim).transpose(1, 2)
+        v = v.view(B, T, cfg.n_kv_head, cfg.head_dim).transpose(1, 2)
+        if cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+
+        mask, causal = None, True
+        if cache is not None:
+            start = cache.pos
+            cache.k[self.layer, :B, :, start:start + T] = k
+            cache.v[self.layer, :B, :, start:start + T] = v
+            k = cache.k[self.layer, :B, :, :start + T]
+            v = cache.v[self.layer, :B, :, :start + T]
+            if start > 0:
+                # New queries see every cached position and the causal part of their own block.
+                causal = False
+                if T > 1:
+                    mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device)
+                    mask[:, start:] = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal and T > 1,
+            dropout_p=cfg.dropout if self.training else 0.0,
+            enable_gqa=cfg.n_kv_head != cfg.n_head,
+        )
+        y = y.transpose(1, 2).reshape(B, T, self.q_size)
+        return self.proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.swiglu = cfg.mlp == "swiglu"
+        width = 2 * cfg.d_ff if self.swiglu else cfg.d_ff
+        self.fc_in = nn.Linear(cfg.d_model, width, bias=cfg.bias)
+        self.fc_out = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc_in(x)
+        if self.swiglu:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        else:
+            h = F.gelu(h, approximate="tanh")  # GPT-2's GELU
+        return self.fc_out(h)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.norm1 = make_norm(cfg, cfg.d_model)
+        self.attn = Attention(cfg, layer)
+        self.norm2 = make_norm(cfg, cfg.d_model)
+        self.mlp = MLP(cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, rope, cache):
+        x = x + self.dropout(self.attn(self.norm1(x), rope, cache))
+        return x + self.dropout(self.mlp(self.norm2(x)))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        if cfg.pos == "learned":
+            self.pos_emb = nn.Embedding(cfg.block_size, cfg.d_model)
+        else:
+            cos, sin = rope_tables(cfg)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.norm_f = make_norm(cfg, cfg.d_model)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        self.apply(self._init_weights)
+        # GPT-2: residual projections scaled down so the residual stream's variance stays put.
+        for name, p in self.named_parameters():
+            if name.endswith(("attn.proj.weight", "mlp.fc_out.weight")):
+                nn.init.normal_(p, mean=0.0, std=cfg.init_std / math.sqrt(2 * cfg.n_layer))
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
+
+    def new_cache(self, batch: int = 1, max_len: int | None = None) -> KVCache:
+        max_len = max_len or self.cfg.block_size
+        p = self.lm_head.weight
+        return KVCache(self.cfg, batch, min(max_len, self.cfg.block_size), p.dtype, p.device)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                cache: KVCache | None = None, last_only: bool = False):
+        """Logits for token ids `idx` (B, T); with `targets`, also the mean cross-entropy.
+
+        With a `cache`, `idx` continues the cached sequence and the cache advances by T.
+        `last_only` computes logits for the final position only (generation).
+        """
+        B, T = idx.shape
+        start = cache.pos if cache is not None else 0
+        limit = cache.max_len if cache is not None else self.cfg.block_size
+        if start + T > limit:
+            raise CentelhaError(
+                f"sequence of {start + T} tokens is longer than the context ({limit} tokens)"
+            )
+        x = self.tok_emb(idx)
+        rope = None
+        if self.cfg.pos == "learned":
+            x = x + self.pos_emb(torch.arange(start, start + T, device=idx.device))
+        else:
+            rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
+        x = self.dropout(x)
+        for block in self.blocks:
+            x = block(x, rope, cache)
+        if cache is not None:
+            cache.pos += T
+        if last_only:
+            x = x[:, -1:]
+        logits = self.lm_head(self.norm_f(x))
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1),
+                               ignore_index=-100)
+        return logits, loss
+
+
+def count_parameters(model: Transformer, trainable_only: bool = False) -> int:
+    """Distinct parameters (a tied embedding counts once)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def matmul_parameters(cfg: ModelConfig) -> int:
+    """Weights that take part in a matrix product per token: every projection + the LM head."""
+    attn = cfg.d_model * (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim
+    attn += cfg.n_head * cfg.head_dim * cfg.d_model
+    mlp = (3 if cfg.mlp == "swiglu" else 2) * cfg.d_model * cfg.d_ff
+    return cfg.n_layer * (attn + mlp) + cfg.d_model * cfg.vocab_size
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> dict[str, int]:
+    """Floating-point operations per token at context `seq_len` (PaLM's accounting).
+
+    forward: 2 per matmul weight, plus the attention scores and weighted sum
+    (2 · 2 · layers · heads · head_dim · seq_len); training is 3× forward (backward ≈ 2×).
+    """
+    seq_len = seq_len or cfg.block_size
+    n = matmul_parameters(cfg)
+    attention = 4 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len
+    forward = 2 * n + attention
+    return {"forward": forward, "train": 3 * forward, "matmul_params": n}
