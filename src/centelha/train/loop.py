@@ -201,7 +201,15 @@ def train(data_dir: str | Path | None, out: str | Path, run_cfg: RunConfig | Non
     `stop_after` ends this invocation after that many total steps, checkpointed, without
     changing the schedule (the run can be resumed to `max_steps` later).
     """
-    run_dir = Path(out)
+    threads = torch.get_num_threads()
+    try:
+        return _train(data_dir, Path(out), run_cfg, resume, stop_after, show_progress, on_eval)
+    finally:
+        torch.set_num_threads(threads)  # `train.threads` must not outlive the run
+
+
+def _train(data_dir, run_dir: Path, run_cfg, resume, stop_after, show_progress,
+           on_eval) -> TrainResult:
     if resume:
         run_cfg, data_dir = _resume_config(run_dir)
     else:

@@ -1,0 +1,39 @@
+# Two commands set up everything on a fresh machine:
+#   make demo   – create .venv, install centelha, run the quickstart
+#   make test   – install the test dependencies, run the whole suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# The CPU build of PyTorch; a plain `torch` requirement would pull a multi-GB CUDA build.
+TORCH  := torch==2.13.0
+
+.PHONY: demo test install lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.torch: | $(BIN)/python
+	$(BIN)/pip install -q $(TORCH)
+	touch $@
+
+install: $(VENV)/.torch
+	$(BIN)/pip install -q -e .
+
+demo: install
+	$(BIN)/centelha quickstart
+
+test: $(VENV)/.torch
+	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.torch
+	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/ruff check .
+
+bench: $(VENV)/.torch
+	$(BIN)/pip install -q -e ".[bench]"
+	$(BIN)/python benchmarks/train_throughput.py
+
+clean:
+	rm -rf $(VENV) data runs export .pytest_cache

@@ -1,0 +1,166 @@
+"""The `centelha` command: parse arguments, call the library, print the result.
+
+No logic lives here that the library lacks. A `CentelhaError` (bad input) becomes one red
+line on stderr and exit status 1; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from centelha.errors import CentelhaError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Build, train and run GPT-style language models on your own hardware.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+@app.command()
+def prepare(
+    inputs: list[Path] = typer.Argument(..., help="Files or folders of .txt, .md or .jsonl"),
+    out: Path = typer.Option(..., "--out", help="Folder for the tokenizer and token shards"),
+    vocab_size: int = typer.Option(4096, help="Tokenizer vocabulary size"),
+    tokenizer: str = typer.Option("bpe", help="bpe (byte-level BPE) or char (characters)"),
+    val_fraction: float = typer.Option(0.05, help="Share of documents held out for validation"),
+    redact: bool = typer.Option(False, "--redact", help="Mask e-mails, phones, CPF/CNPJ, cards"),
+    seed: int = typer.Option(0, help="Seed of the train/val split"),
+) -> None:
+    """Turn text files into a tokenizer and train/val token shards."""
+    from centelha.data import prepare as prepare_data
+
+    prepared = prepare_data(inputs, out, vocab_size=vocab_size, kind=tokenizer,
+                            val_fraction=val_fraction, redact_personal=redact, seed=seed)
+    meta = prepared.meta
+    table = Table(title=f"prepared {out}")
+    for column in ("split", "documents", "tokens", "shards"):
+        table.add_column(column, justify="right" if column != "split" else "left")
+    for name, split in meta["splits"].items():
+        table.add_row(name, f"{split['documents']:,}", f"{split['tokens']:,}",
+                      str(len(split["shards"])))
+    console.print(table)
+    console.print(f"tokenizer: {meta['tokenizer_kind']}, {meta['vocab_size']:,} tokens, "
+                  f"ids stored as {meta['dtype']}; unigram baseline on val: "
+                  f"{meta['unigram_val_loss']:.3f} nats/token")
+
+
+def _parse_sets(values: list[str]) -> dict:
+    from centelha.train.config import parse_value
+
+    overrides = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CentelhaError(f"--set needs KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = parse_value(value)
+    return overrides
+
+
+@app.command()
+def train(
+    config: str = typer.Option(None, help="YAML config file (or a bundled name: tiny)"),
+    data: Path = typer.Option(None, help="Prepared data folder (from `centelha prepare`)"),
+    out: Path = typer.Option(None, help="Run folder for checkpoints, log and plot"),
+    resume: Path = typer.Option(None, help="Continue the run in this folder"),
+    max_steps: int = typer.Option(None, help="Override train.max_steps"),
+    batch_size: int = typer.Option(None, help="Override train.batch_size"),
+    lr: float = typer.Option(None, help="Override train.lr"),
+    device: str = typer.Option(None, help="Override train.device (auto, cpu, cuda)"),
+    compile: bool = typer.Option(None, "--compile/--no-compile", help="torch.compile the model"),
+    set_: list[str] = typer.Option([], "--set", help="Override any key: train.lr=3e-4"),
+    stop_after: int = typer.Option(None, help="Stop (checkpointed) after this many steps"),
+) -> None:
+    """Pretrain a model by next-token prediction (or resume a run)."""
+    from centelha.train import load_run_config
+    from centelha.train import train as run_training
+
+    if resume is not None:
+        result = run_training(None, resume, resume=True, stop_after=stop_after)
+    else:
+        if config is None or data is None or out is None:
+            raise CentelhaError("train needs --config, --data and --out (or --resume RUN_DIR)")
+        overrides = _parse_sets(set_)
+        flags = {"max_steps": max_steps, "batch_size": batch_size, "lr": lr, "device": device,
+                 "compile": compile}
+        overrides.update({f"train.{k}": v for k, v in flags.items() if v is not None})
+        run_cfg = load_run_config(config, overrides)
+        result = run_training(data, out, run_cfg, stop_after=stop_after)
+    ppl = f"{result.val_perplexity:.2f}" if result.val_perplexity else "n/a"
+    val = f"{result.val_loss:.4f}" if result.val_loss is not None else "n/a"
+    console.print(f"step {result.step}: train loss {result.train_loss:.4f}, val loss {val} "
+                  f"(perplexity {ppl}); checkpoint in {result.run_dir}")
+
+
+@app.command()
+def generate(
+    model: Path = typer.Argument(..., help="Checkpoint folder (a run dir works)"),
+    prompt: str = typer.Option(..., help="Text to continue"),
+    max_new_tokens: int = typer.Option(200, help="At most this many new tokens"),
+    temperature: float = typer.Option(0.8, help="0 = greedy"),
+    top_k: int = typer.Option(None, help="Keep the k most likely tokens"),
+    top_p: float = typer.Option(None, help="Keep the smallest set with this much probability"),
+    min_p: float = typer.Option(None, help="Keep tokens at least this share of the top one"),
+    repetition_penalty: float = typer.Option(1.0, help="> 1 discourages repeats"),
+    stop: list[str] = typer.Option([], help="Stop at this text (repeatable)"),
+    seed: int = typer.Option(None, help="Seed for reproducible sampling"),
+) -> None:
+    """Continue a prompt, streaming the text as it is generated."""
+    from centelha.checkpoint import load_checkpoint
+    from centelha.generate import SamplingConfig
+    from centelha.generate import generate as stream
+
+    sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature,
+                              top_k=top_k, top_p=top_p, min_p=min_p,
+                              repetition_penalty=repetition_penalty, stop=stop, seed=seed)
+    net, tokenizer = load_checkpoint(model)
+    pieces = stream(net, tokenizer, prompt, sampling)
+    first = next(pieces, "")  # errors (a prompt too long) surface before anything is printed
+    console.print(prompt, style="dim", end="")
+    sys.stdout.write(first)
+    for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
+@app.command()
+def info(model: Path = typer.Argument(..., help="Checkpoint folder")) -> None:
+    """Architecture, parameter count and FLOPs per token of a checkpoint."""
+    from centelha.checkpoint import load_checkpoint
+    from centelha.model import count_parameters, flops_per_token
+
+    net, tokenizer = load_checkpoint(model)
+    cfg = net.cfg
+    flops = flops_per_token(cfg)
+    console.print(f"family {cfg.family}: {cfg.n_layer} layers, d_model {cfg.d_model}, "
+                  f"{cfg.n_head} heads ({cfg.n_kv_head} kv), context {cfg.block_size}, "
+                  f"vocab {cfg.vocab_size} ({tokenizer.kind})")
+    console.print(f"parameters: {count_parameters(net):,}; FLOPs per token at full context: "
+                  f"forward {flops['forward']:,}, training {flops['train']:,}")
+
+
+@app.command()
+def quickstart(
+    workdir: Path = typer.Option(Path("."), help="Where data/ and runs/ are written"),
+    max_steps: int = typer.Option(None, help="Override the bundled config's step count"),
+) -> None:
+    """Prepare the bundled Machado de Assis novels, pretrain a small model, sample it."""
+    from centelha.quickstart import run_quickstart
+
+    run_quickstart(workdir, console, max_steps=max_steps)
+
+
+def main() -> None:
+    try:
+        app()
+    except CentelhaError as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,187 @@
+"""Text generation: logits processors, sampling, and a streaming loop over the KV cache.
+
+Each decoding control is a small function on a logits vector, applied in this order:
+repetition penalty → temperature → top-k → top-p → min-p → sample (or argmax when the
+temperature is 0). Filters set removed tokens to -inf, so they compose freely.
+
+Stop strings are matched on the decoded text, not on ids (a stop string may straddle
+tokens), and text that could still become a stop string is held back until it can't.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from centelha.errors import CentelhaError
+from centelha.model import Transformer
+from centelha.tokenizer import Tokenizer
+
+
+@dataclass
+class SamplingConfig:
+    max_new_tokens: int = 200
+    temperature: float = 1.0          # 0: greedy
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    repetition_penalty: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 0:
+            raise CentelhaError("max_new_tokens must be 0 or more")
+        if self.temperature < 0:
+            raise CentelhaError("temperature must be 0 (greedy) or more")
+        if self.top_k is not None and self.top_k < 1:
+            raise CentelhaError("top_k must be at least 1")
+        for name in ("top_p", "min_p"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 < value <= 1.0:
+                raise CentelhaError(f"{name} must be in (0, 1], not {value}")
+        if self.repetition_penalty <= 0:
+            raise CentelhaError("repetition_penalty must be positive")
+
+
+# -- logits processors (each takes and returns a 1-D logits vector) ------------------------
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor,
+                             penalty: float) -> torch.Tensor:
+    """CTRL's penalty: seen tokens' logits are divided by it (multiplied, when negative)."""
+    if penalty == 1.0 or seen.numel() == 0:
+        return logits
+    logits = logits.clone()
+    picked = logits[seen]
+    logits[seen] = torch.where(picked > 0, picked / penalty, picked * penalty)
+    return logits
+
+
+def filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k largest logits."""
+    if k >= logits.numel():
+        return logits
+    threshold = torch.topk(logits, k).values[-1]
+    return logits.masked_fill(logits < threshold, float("-inf"))
+
+
+def filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose probabilities sum to at least p."""
+    if p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, descending=True)
+    probs = sorted_logits.softmax(-1)
+    before = probs.cumsum(-1) - probs  # mass of the tokens strictly more likely
+    remove_sorted = before >= p
+    remove = torch.zeros_like(remove_sorted).scatter(0, order, remove_sorted)
+    return logits.masked_fill(remove, float("-inf"))
+
+
+def filter_min_p(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Keep tokens at least p times as likely as the most likely one."""
+    probs = logits.softmax(-1)
+    return logits.masked_fill(probs < p * probs.max(), float("-inf"))
+
+
+def process_logits(logits: torch.Tensor, seen: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
+    logits = apply_repetition_penalty(logits.float(), seen, cfg.repetition_penalty)
+    if cfg.temperature == 0:
+        return logits
+    logits = logits / cfg.temperature
+    if cfg.top_k is not None:
+        logits = filter_top_k(logits, cfg.top_k)
+    if cfg.top_p is not None:
+        logits = filter_top_p(logits, cfg.top_p)
+    if cfg.min_p is not None:
+        logits = filter_min_p(logits, cfg.min_p)
+    return logits
+
+
+def choose_token(logits: torch.Tensor, cfg: SamplingConfig,
+                 generator: torch.Generator | None) -> int:
+    if cfg.temperature == 0:
+        return int(logits.argmax())
+    probs = logits.softmax(-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+# -- the decode loop ----------------------------------------------------------------------
+def make_generator(seed: int | None) -> torch.Generator:
+    generator = torch.Generator()
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
+@torch.inference_mode()
+def generate_ids(model: Transformer, prompt_ids: list[int], cfg: SamplingConfig,
+                 stop_ids: set[int] | frozenset = frozenset()) -> Iterator[int]:
+    """Yield new token ids one at a time: the prompt is prefilled once, then each step
+    feeds only the newest token through the model, reading the rest from the KV cache."""
+    context = model.cfg.block_size
+    if not prompt_ids:
+        raise CentelhaError("the prompt is empty")
+    if len(prompt_ids) >= context:
+        raise CentelhaError(f"the prompt is {len(prompt_ids)} tokens long; this model's context "
+                            f"holds {context}, leaving no room to generate")
+    budget = min(cfg.max_new_tokens, context - len(prompt_ids))
+    device = model.lm_head.weight.device
+    generator = make_generator(cfg.seed)
+    cache = model.new_cache(1, len(prompt_ids) + budget)
+    seen = torch.tensor(prompt_ids, dtype=torch.long)
+    tokens = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+    for _ in range(budget):
+        logits = model(tokens, cache=cache, last_only=True)[0, -1].cpu()
+        token = choose_token(process_logits(logits, seen, cfg), cfg, generator)
+        yield token
+        if token in stop_ids:
+            return
+        if cfg.repetition_penalty != 1.0:
+            seen = torch.cat([seen, torch.tensor([token])])
+        tokens = torch.tensor([[token]], dtype=torch.long, device=device)
+
+
+def _held_back(text: str, stops: list[str]) -> int:
+    """Length of the longest end of `text` that begins some stop string."""
+    longest = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), 0, -1):
+            if text.endswith(stop[:n]):
+                longest = max(longest, n)
+                break
+    return longest
+
+
+def generate(model: Transformer, tokenizer: Tokenizer, prompt: str,
+             cfg: SamplingConfig | None = None) -> Iterator[str]:
+    """Stream the continuation of `prompt` as text pieces; ends at EOT, a stop string or
+    the token budget. The stop string itself is not part of the output."""
+    cfg = cfg or SamplingConfig()
+    stops = [s for s in cfg.stop if s]
+    stop_ids = {tokenizer.eot_id} if tokenizer.eot_id is not None else set()
+    decoder = tokenizer.stream_decoder()
+    pending = ""
+    for token in generate_ids(model, tokenizer.encode(prompt), cfg, stop_ids):
+        if token in stop_ids:
+            break
+        pending += decoder.push(token)
+        hits = [pending.find(s) for s in stops if s in pending]
+        if hits:
+            yield pending[:min(hits)]
+            return
+        keep = _held_back(pending, stops)
+        if len(pending) > keep:
+            yield pending[:len(pending) - keep]
+            pending = pending[len(pending) - keep:]
+    pending += decoder.flush()
+    if pending:
+        yield pending
+
+
+def complete(model: Transformer, tokenizer: Tokenizer, prompt: str,
+             cfg: SamplingConfig | None = None) -> str:
+    """The whole continuation as one string."""
+    return "".join(generate(model, tokenizer, prompt, cfg))

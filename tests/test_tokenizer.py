@@ -1,0 +1,79 @@
+"""Tokenizers round-trip every string exactly, stream emoji whole, save and load."""
+
+import random
+
+import pytest
+
+from centelha.tokenizer import EOT, Tokenizer, train_bpe, train_char
+
+TRAINING = ["Era uma vez um coração que não sabia o que é saudade.",
+            "Ação, reação, emoção — tudo isso é português. Olá!"] * 20
+
+HARD = [
+    "Olá, coração! Ação, pães, avó, avô, à, ü, ñ, Ç.",
+    "emoji 🙂👍🏽👨‍👩‍👧 e bandeira 🇧🇷",
+    "日本語のテキスト and Ελληνικά and עברית",
+    "control \x00\x01\x1f\x7f tabs\t\tnewlines\n\r\n spaces   end ",
+    EOT + " inside text " + EOT,
+    "",
+]
+
+
+@pytest.fixture(scope="module", params=["bpe", "char"])
+def tokenizer(request):
+    if request.param == "bpe":
+        return train_bpe(TRAINING, vocab_size=300)
+    return train_char(TRAINING)
+
+
+@pytest.mark.parametrize("text", HARD)
+def test_round_trip_is_exact(tokenizer, text):
+    ids = tokenizer.encode(text)
+    assert tokenizer.decode(ids) == text
+    # the saved tokenizer.json alone decodes to the same text in HF tokenizers
+    assert tokenizer.hf.decode(ids, skip_special_tokens=False) == text
+
+
+def test_random_unicode_round_trips(tokenizer):
+    rng = random.Random(0)
+    alphabet = [chr(c) for c in range(0x20, 0x2FFF) if not 0xD800 <= c <= 0xDFFF]
+    alphabet += ["🙂", "🇧", "\U0010FFFD", "\x00", "\n"]
+    for _ in range(50):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 60)))
+        assert tokenizer.decode(tokenizer.encode(text)) == text
+
+
+def test_special_tokens_only_when_allowed(tokenizer):
+    assert tokenizer.encode(EOT, allow_special=True) == [tokenizer.eot_id]
+    assert tokenizer.eot_id not in tokenizer.encode(EOT)
+
+
+def test_stream_decoder_holds_back_half_characters(tokenizer):
+    text = "a🙂b👍🏽ç"
+    decoder = tokenizer.stream_decoder()
+    pieces = [decoder.push(i) for i in tokenizer.encode(text)] + [decoder.flush()]
+    assert "".join(pieces) == text
+    assert all("\ufffd" not in p for p in pieces)
+
+
+def test_bpe_learns_merges_and_vocab_size():
+    tok = train_bpe(TRAINING, vocab_size=300)
+    assert tok.vocab_size == 300
+    assert len(tok.encode("coração")) < len("coração".encode())
+
+
+def test_save_and_load(tmp_path, tokenizer):
+    tokenizer.save(tmp_path / "tokenizer.json")
+    loaded = Tokenizer.load(tmp_path)
+    assert loaded.kind == tokenizer.kind
+    assert loaded.encode(HARD[1]) == tokenizer.encode(HARD[1])
+
+
+def test_bad_tokenizer_file_is_a_clear_error(tmp_path):
+    from centelha.errors import CentelhaError
+
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(CentelhaError, match="not a valid tokenizer.json"):
+        Tokenizer.load(tmp_path)
+    with pytest.raises(CentelhaError, match="not found"):
+        Tokenizer.load(tmp_path / "missing.json")
