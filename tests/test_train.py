@@ -27,7 +27,7 @@ def test_loss_goes_down(prepared, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if "loss" in r]
     vals = [r["val_loss"] for r in rows if "val_loss" in r]
-    assert losses[-1] < losses[0] - 1.0
+    assert losses[-1] < losses[0] - 0.7
     assert vals[-1] < vals[0]
     assert result.step == 60
     assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
