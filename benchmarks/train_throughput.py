@@ -58,7 +58,8 @@ def build_hf(shape: dict, compile_model: bool):
     torch.manual_seed(0)
     cfg = GPT2Config(vocab_size=shape["vocab_size"], n_positions=shape["block_size"],
                      n_embd=shape["d_model"], n_layer=shape["n_layer"], n_head=shape["n_head"],
-                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                     bos_token_id=0, eos_token_id=0)
     model = GPT2LMHeadModel(cfg).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
     forward = torch.compile(model) if compile_model else model
