@@ -105,3 +105,11 @@ def test_prompt_longer_than_the_context(trained):
 def test_bad_set_override(trained, tmp_path):
     assert_clear_error(cli("train", "--config", "tiny", "--data", trained / "data", "--out",
                            tmp_path / "r", "--set", "lr=1"), "must look like train.KEY")
+
+
+def test_quickstart_runs_end_to_end(tmp_path):
+    result = cli("quickstart", "--workdir", tmp_path, "--max-steps", 10, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for text in ("1. prepare", "2. pretrain", "3. generate", "unigram baseline", "checkpoint:"):
+        assert text in result.stdout
+    assert (tmp_path / "runs" / "quickstart" / "model.safetensors").is_file()

@@ -102,3 +102,10 @@ def test_yaml_and_overrides(tiny_run_yaml):
 def test_nothing_to_resume_is_a_clear_error(tmp_path):
     with pytest.raises(CentelhaError, match="nothing to resume"):
         train(None, tmp_path, resume=True, show_progress=False)
+
+
+def test_compiled_training_matches_eager(prepared, tmp_path):
+    eager = train(prepared, tmp_path / "eager", run_config(max_steps=3), show_progress=False)
+    compiled = train(prepared, tmp_path / "compiled", run_config(max_steps=3, compile=True),
+                     show_progress=False)
+    assert compiled.train_loss == pytest.approx(eager.train_loss, abs=1e-3)
