@@ -63,7 +63,7 @@ def test_bpe_learns_merges_and_vocab_size():
 
 
 def test_save_and_load(tmp_path, tokenizer):
-    tokenizer.save(tmp_path / "tokenizer.json")
+    tokenizer.save(tmp_path)
     loaded = Tokenizer.load(tmp_path)
     assert loaded.kind == tokenizer.kind
     assert loaded.encode(HARD[1]) == tokenizer.encode(HARD[1])

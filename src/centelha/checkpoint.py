@@ -34,6 +34,8 @@ from centelha.model import Transformer
 from centelha.tokenizer import Tokenizer
 
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+# written beside them when the tokenizer has a chat template or BOS/EOS settings
+OPTIONAL_FILES = ("tokenizer_config.json",)
 STATE_DIR = "state"
 
 
@@ -111,7 +113,12 @@ def save_model_files(path: str | Path, model: Transformer, tokenizer: Tokenizer)
     atomic_write_text(path / "config.json", json.dumps(model.cfg.to_dict(), indent=2) + "\n")
     atomic_write(path / "model.safetensors",
                  lambda tmp: save_file(model_tensors(model), str(tmp), {"format": "pt"}))
-    atomic_write_text(path / "tokenizer.json", tokenizer.to_str())
+    write_tokenizer(path, tokenizer)
+
+
+def write_tokenizer(path: Path, tokenizer: Tokenizer) -> None:
+    for name, text in tokenizer.files().items():
+        atomic_write_text(path / name, text)
 
 
 def check_checkpoint_dir(path: str | Path) -> Path:
@@ -202,7 +209,7 @@ def save_training_state(run_dir: str | Path, step: int, model: Transformer,
 def publish_model(run_dir: Path, weights: Path, model: Transformer, tokenizer: Tokenizer) -> None:
     """Put the checkpoint files at the top of the run dir, each replaced atomically."""
     atomic_write_text(run_dir / "config.json", json.dumps(model.cfg.to_dict(), indent=2) + "\n")
-    atomic_write_text(run_dir / "tokenizer.json", tokenizer.to_str())
+    write_tokenizer(run_dir, tokenizer)
 
     def link_or_copy(tmp: Path) -> None:
         tmp.unlink()
@@ -235,6 +242,6 @@ def clean_partial_states(run_dir: str | Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
     for p in Path(run_dir).glob(".*.safetensors.*"):
         p.unlink(missing_ok=True)
-    for name in ("config.json", "tokenizer.json"):
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
         for p in Path(run_dir).glob(f".{name}.*"):
             p.unlink(missing_ok=True)

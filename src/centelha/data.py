@@ -204,7 +204,7 @@ def prepare(inputs: list[str | Path], out: str | Path, vocab_size: int = 4096,
         tokenizer = train_bpe(train_docs, vocab_size)
     else:
         tokenizer = train_char(train_docs, max_chars=vocab_size - 257)
-    tokenizer.save(out / "tokenizer.json")
+    tokenizer.save(out)
     with Progress(disable=not show_progress, transient=True) as progress:
         train = write_split(train_docs, tokenizer, out, "train", progress)
         val = write_split(val_docs, tokenizer, out, "val", progress)

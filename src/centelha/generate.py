@@ -155,17 +155,23 @@ def _held_back(text: str, stops: list[str]) -> int:
     return longest
 
 
-def generate(model: Transformer, tokenizer: Tokenizer, prompt: str,
-             cfg: SamplingConfig | None = None) -> Iterator[str]:
-    """Stream the continuation of `prompt` as text pieces; ends at EOT, a stop string or
-    the token budget. The stop string itself is not part of the output."""
-    cfg = cfg or SamplingConfig()
-    stops = [s for s in cfg.stop if s]
-    stop_ids = {tokenizer.eot_id} if tokenizer.eot_id is not None else set()
+def prompt_ids(tokenizer: Tokenizer, prompt: str, special: bool = False) -> list[int]:
+    """Ids of a prompt: BOS first where the model expects it; `special` parses special-token
+    text (chat templates write `<|im_start|>` and friends as text)."""
+    ids = tokenizer.encode(prompt, allow_special=special)
+    if tokenizer.add_bos and (not ids or ids[0] != tokenizer.bos_id):
+        ids = [tokenizer.bos_id, *ids]
+    return ids
+
+
+def stream_text(tokenizer: Tokenizer, tokens: Iterator[int], stop: list[str]) -> Iterator[str]:
+    """Decode a token stream into text pieces, ending at a stop token or stop string.
+    The stop string itself is not part of the output."""
+    stops = [s for s in stop if s]
     decoder = tokenizer.stream_decoder()
     pending = ""
-    for token in generate_ids(model, tokenizer.encode(prompt), cfg, stop_ids):
-        if token in stop_ids:
+    for token in tokens:
+        if token in tokenizer.stop_ids:
             break
         pending += decoder.push(token)
         hits = [pending.find(s) for s in stops if s in pending]
@@ -179,6 +185,15 @@ def generate(model: Transformer, tokenizer: Tokenizer, prompt: str,
     pending += decoder.flush()
     if pending:
         yield pending
+
+
+def generate(model: Transformer, tokenizer: Tokenizer, prompt: str,
+             cfg: SamplingConfig | None = None, special: bool = False) -> Iterator[str]:
+    """Stream the continuation of `prompt` as text pieces; ends at an end-of-text token,
+    a stop string or the token budget."""
+    cfg = cfg or SamplingConfig()
+    ids = prompt_ids(tokenizer, prompt, special)
+    yield from stream_text(tokenizer, generate_ids(model, ids, cfg, tokenizer.stop_ids), cfg.stop)
 
 
 def complete(model: Transformer, tokenizer: Tokenizer, prompt: str,

@@ -5,6 +5,12 @@ Two kinds, both saved as one `tokenizer.json` that HF `tokenizers` reads:
   round-trips, whatever its script.
 - "char": one token per character seen in training; any other character is spelt as its
   UTF-8 bytes (`<0xE2>` …), as Llama's SentencePiece tokenizers do. Also exact.
+- "spm": SentencePiece-style tokenizers of imported models (Llama 2, Mistral): `▁` stands
+  for a space, unknown characters fall back to bytes.
+
+Beside `tokenizer.json`, an optional `tokenizer_config.json` (Hugging Face's name and
+keys) holds what the vocabulary alone does not say: the chat template, the BOS/EOS
+tokens and whether prompts start with BOS.
 
 Design choices a reader should know:
 - Decoding goes through a table of each token's bytes, not through the library's
@@ -50,22 +56,53 @@ def _gpt2_bytes_to_unicode() -> dict[int, str]:
 BYTE_OF_CHAR = {c: b for b, c in _gpt2_bytes_to_unicode().items()}
 
 
+CONFIG_KEYS = ("chat_template", "bos_token", "eos_token", "add_bos_token")
+
+
+def _token_text(value) -> str | None:
+    """tokenizer_config.json spells tokens as strings or as {"content": ...} objects."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
 class Tokenizer:
     """Encode text to ids and back; knows its special tokens and each token's bytes."""
 
-    def __init__(self, hf: HFTokenizer):
+    def __init__(self, hf: HFTokenizer, config: dict | None = None):
         self.hf = hf
-        self.kind = _detect_kind(hf)
+        self.kind, self.strip_leading_space = _detect_kind(hf)
         self.vocab_size = hf.get_vocab_size(with_added_tokens=True)
         self.special_ids = {t.content: i for i, t in hf.get_added_tokens_decoder().items()
                             if t.special}
         self.special_tokens = {i: s for s, i in self.special_ids.items()}
         self.token_bytes = self._build_token_bytes()
         self.eot_id = self.special_ids.get(EOT)
+        self.config = {k: v for k, v in (config or {}).items() if k in CONFIG_KEYS}
+        self.chat_template: str | None = self.config.get("chat_template")
+        self.bos_id = self._id_of(self.config.get("bos_token"))
+        self.eos_id = self._id_of(self.config.get("eos_token"))
+        self.add_bos = bool(self.config.get("add_bos_token")) and self.bos_id is not None
+        # generation ends at any of these
+        self.stop_ids = {i for i in (self.eot_id, self.eos_id) if i is not None}
+
+    def _id_of(self, token) -> int | None:
+        text = _token_text(token)
+        return None if text is None else self.hf.token_to_id(text)
+
+    @property
+    def bos_token(self) -> str:
+        return self.id_to_token(self.bos_id) if self.bos_id is not None else ""
+
+    @property
+    def eos_token(self) -> str:
+        return self.id_to_token(self.eos_id) if self.eos_id is not None else ""
 
     # -- loading and saving -------------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path) -> Tokenizer:
+        """From `tokenizer.json` (a file, or a folder that holds it and maybe a
+        `tokenizer_config.json`)."""
         path = Path(path)
         if path.is_dir():
             path = path / "tokenizer.json"
@@ -75,13 +112,21 @@ class Tokenizer:
             hf = HFTokenizer.from_file(str(path))
         except Exception as e:  # the Rust side raises plain Exception for bad files
             raise CentelhaError(f"{path} is not a valid tokenizer.json: {e}") from None
-        return cls(hf)
+        return cls(hf, read_tokenizer_config(path.parent / "tokenizer_config.json"))
 
-    def save(self, path: str | Path) -> None:
-        path = Path(path)
-        if path.is_dir():
-            path = path / "tokenizer.json"
-        self.hf.save(str(path))
+    def files(self) -> dict[str, str]:
+        """The files that save this tokenizer: name → text."""
+        files = {"tokenizer.json": self.hf.to_str()}
+        if self.config:
+            files["tokenizer_config.json"] = json.dumps(self.config, indent=2,
+                                                        ensure_ascii=False) + "\n"
+        return files
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, text in self.files().items():
+            (folder / name).write_text(text, encoding="utf-8")
 
     def to_str(self) -> str:
         return self.hf.to_str()
@@ -103,7 +148,10 @@ class Tokenizer:
         return b"".join(table[i] for i in ids)
 
     def decode(self, ids: Iterable[int]) -> str:
-        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+        text = self.decode_bytes(ids).decode("utf-8", errors="replace")
+        if self.strip_leading_space and text.startswith(" "):
+            text = text[1:]  # SentencePiece's dummy prefix
+        return text
 
     def stream_decoder(self) -> StreamDecoder:
         return StreamDecoder(self)
@@ -120,12 +168,24 @@ class Tokenizer:
             elif i in self.special_tokens:
                 table.append(token.encode("utf-8"))
             elif self.kind == "bpe":
-                table.append(bytes(BYTE_OF_CHAR[c] for c in token))
+                table.append(bytes(BYTE_OF_CHAR.get(c, 0x3F) for c in token))
             elif token in BYTE_INDEX:
                 table.append(bytes([BYTE_INDEX[token]]))
+            elif self.kind == "spm":
+                table.append(token.replace("\u2581", " ").encode("utf-8"))
             else:
                 table.append(token.encode("utf-8"))
         return table
+
+
+def read_tokenizer_config(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise CentelhaError(f"{path} is not valid JSON: {e}") from None
+    return values if isinstance(values, dict) else {}
 
 
 BYTE_INDEX = {t: b for b, t in enumerate(BYTE_TOKENS)}
@@ -145,14 +205,20 @@ class StreamDecoder:
         return self.decoder.decode(b"", final=True)
 
 
-def _detect_kind(hf: HFTokenizer) -> str:
+def _detect_kind(hf: HFTokenizer) -> tuple[str, bool]:
+    """("bpe" | "spm" | "char", whether decoding strips one leading space)."""
     spec = json.loads(hf.to_str())
     decoder = spec.get("decoder") or {}
-    kinds = {decoder.get("type")} | {d.get("type") for d in decoder.get("decoders", [])}
+    parts = [decoder, *decoder.get("decoders", [])]
+    kinds = {d.get("type") for d in parts}
+    strip = any(d.get("type") == "Strip" and d.get("start", 0) > 0 for d in parts)
     if "ByteLevel" in kinds:
-        return "bpe"
+        return "bpe", False
+    if "Metaspace" in kinds or any(d.get("type") == "Replace" and "\u2581" in json.dumps(d)
+                                   for d in parts):
+        return "spm", strip or "Metaspace" in kinds
     if "ByteFallback" in kinds:
-        return "char"
+        return "char", False
     raise CentelhaError("unsupported tokenizer.json: expected a byte-level BPE or a byte-fallback "
                         "tokenizer (made by centelha, GPT-2, Llama-3, Qwen or SmolLM)")
 
