@@ -86,24 +86,11 @@ def model_tensors(model: Transformer) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in state.items()}
 
 
-def load_weights(model: Transformer, path: Path) -> None:
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
-        tensors = load_file(str(path))
+        return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise CentelhaError(f"{path} is not a readable safetensors file ({e})") from None
-    if model.cfg.tie_embeddings:
-        tensors.pop("lm_head.weight", None)
-    expected = set(model_tensors(model))
-    missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
-    if missing or unexpected:
-        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-        raise CentelhaError(f"{path} does not match its config.json: {detail}")
-    own = model.state_dict()
-    for name, tensor in tensors.items():
-        if tensor.shape != own[name].shape:
-            raise CentelhaError(f"{path}: {name} has shape {tuple(tensor.shape)}, config.json "
-                                f"implies {tuple(own[name].shape)}")
-    model.load_state_dict(tensors, strict=False)
 
 
 def save_model_files(path: str | Path, model: Transformer, tokenizer: Tokenizer) -> None:
@@ -138,8 +125,10 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[Transformer,
     path = check_checkpoint_dir(path)
     cfg = ModelConfig.load(path / "config.json")
     tokenizer = Tokenizer.load(path / "tokenizer.json")
-    model = Transformer(cfg)
-    load_weights(model, path / "model.safetensors")
+    try:
+        model = Transformer.from_tensors(cfg, read_weights(path / "model.safetensors"))
+    except CentelhaError as e:
+        raise CentelhaError(f"{path / 'model.safetensors'}: {e}") from None
     return model.to(device).eval(), tokenizer
 
 

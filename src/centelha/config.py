@@ -94,6 +94,11 @@ class ModelConfig:
             )
         if self.pos == "rope" and self.head_dim % 2:
             raise CentelhaError(f"rotary positions need an even head_dim, not {self.head_dim}")
+        if self.rope_scaling:
+            kind = self.rope_scaling.get("rope_type", self.rope_scaling.get("type"))
+            if kind not in ("default", "linear", "llama3"):
+                raise CentelhaError(f"rope scaling {kind!r} is not supported "
+                                    "(supported: default, linear, llama3)")
         if not 0.0 <= self.dropout < 1.0:
             raise CentelhaError(f"model.dropout must be in [0, 1), not {self.dropout}")
 

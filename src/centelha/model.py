@@ -43,18 +43,38 @@ class KVCache:
 
 
 def rope_inverse_frequencies(cfg: ModelConfig) -> torch.Tensor:
-    """θ_i = base^(-2i/d) for each pair of channels of a head."""
+    """θ_i = base^(-2i/d) for each pair of channels of a head, with Llama-3's or linear
+    context scaling when the config asks for it."""
     half = torch.arange(0, cfg.head_dim, 2, dtype=torch.float64) / cfg.head_dim
-    return 1.0 / (cfg.rope_theta ** half)
+    inv_freq = 1.0 / (cfg.rope_theta ** half)
+    scaling = cfg.rope_scaling or {}
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "linear":
+        return inv_freq / scaling["factor"]
+    if kind == "llama3":
+        return llama3_scaled(inv_freq, scaling)
+    return inv_freq
 
 
-def rope_tables(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin for every position of the context, shape (block_size, head_dim)."""
-    inv_freq = rope_inverse_frequencies(cfg)
-    positions = torch.arange(cfg.block_size, dtype=torch.float64)
-    angles = torch.outer(positions, inv_freq)
+def llama3_scaled(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
+    """Llama 3.1's long-context rule: long wavelengths slowed down by `factor`, short ones
+    kept, the band in between blended smoothly."""
+    factor = scaling["factor"]
+    low, high = scaling.get("low_freq_factor", 1.0), scaling.get("high_freq_factor", 4.0)
+    original = scaling.get("original_max_position_embeddings", 8192)
+    wavelength = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelength > original / low, inv_freq / factor, inv_freq)
+    smooth = (original / wavelength - low) / (high - low)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelength >= original / high) & (wavelength <= original / low)
+    return torch.where(medium, blended, scaled)
+
+
+def rope_tables(inv_freq: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin for positions 0…length-1, shape (length, head_dim), in float64."""
+    angles = torch.outer(torch.arange(length, dtype=torch.float64), inv_freq.double())
     angles = torch.cat([angles, angles], dim=-1)
-    return angles.cos().float(), angles.sin().float()
+    return angles.cos(), angles.sin()
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -167,10 +187,9 @@ class Transformer(nn.Module):
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         if cfg.pos == "learned":
             self.pos_emb = nn.Embedding(cfg.block_size, cfg.d_model)
-        else:
-            cos, sin = rope_tables(cfg)
-            self.register_buffer("rope_cos", cos, persistent=False)
-            self.register_buffer("rope_sin", sin, persistent=False)
+        # Rotary tables are made on first use, in the model's dtype and device, and grow on
+        # demand: imported models declare contexts of 128k positions.
+        self._rope_tables = (torch.zeros(0), torch.zeros(0))
         self.dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.norm_f = make_norm(cfg, cfg.d_model)
@@ -183,6 +202,29 @@ class Transformer(nn.Module):
             if name.endswith(("attn.proj.weight", "mlp.fc_out.weight")):
                 nn.init.normal_(p, mean=0.0, std=cfg.init_std / math.sqrt(2 * cfg.n_layer))
 
+    @classmethod
+    def from_tensors(cls, cfg: ModelConfig, tensors: dict[str, torch.Tensor]) -> Transformer:
+        """A model holding `tensors` (centelha names), built without a random init: the
+        modules are made on the meta device and the tensors are assigned, not copied."""
+        with torch.device("meta"):
+            model = cls(cfg)
+        expected = {k for k in model.state_dict() if not (cfg.tie_embeddings
+                                                          and k == "lm_head.weight")}
+        given = set(tensors) - ({"lm_head.weight"} if cfg.tie_embeddings else set())
+        missing, unexpected = sorted(expected - given), sorted(given - expected)
+        if missing or unexpected:
+            detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+            raise CentelhaError(f"the weights do not match the config: {detail}")
+        own = model.state_dict()
+        for name in expected:
+            if tuple(tensors[name].shape) != tuple(own[name].shape):
+                raise CentelhaError(f"weight {name} has shape {tuple(tensors[name].shape)}, the "
+                                    f"config implies {tuple(own[name].shape)}")
+        model.load_state_dict({k: tensors[k] for k in expected}, strict=False, assign=True)
+        if cfg.tie_embeddings:
+            model.lm_head.weight = model.tok_emb.weight
+        return model.eval()
+
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
@@ -190,6 +232,17 @@ class Transformer(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
+
+    def rope(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin rows for positions start…start+length-1, extending the tables if needed."""
+        cos, sin = self._rope_tables
+        weight = self.tok_emb.weight
+        stale = cos.dtype != weight.dtype or cos.device != weight.device
+        if stale or start + length > cos.shape[0]:
+            size = min(self.cfg.block_size, max(2 * (start + length), 2048))
+            cos, sin = rope_tables(rope_inverse_frequencies(self.cfg), size)
+            self._rope_tables = cos, sin = (cos.to(weight), sin.to(weight))
+        return cos[start:start + length], sin[start:start + length]
 
     def new_cache(self, batch: int = 1, max_len: int | None = None) -> KVCache:
         max_len = max_len or self.cfg.block_size
@@ -215,7 +268,7 @@ class Transformer(nn.Module):
         if self.cfg.pos == "learned":
             x = x + self.pos_emb(torch.arange(start, start + T, device=idx.device))
         else:
-            rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
+            rope = self.rope(start, T)
         x = self.dropout(x)
         for block in self.blocks:
             x = block(x, rope, cache)

@@ -1,0 +1,93 @@
+"""`centelha.load`: one call from a name, folder or GGUF file to a model you can talk to.
+
+`load` accepts a registry name (`smollm2-135m-instruct`), a centelha checkpoint folder,
+a Hugging Face folder or a `.gguf` file, and returns an `LLM` with `generate`, `stream`
+and `chat`. The CLI's `generate` and `chat` go through it too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from centelha.checkpoint import load_checkpoint
+from centelha.errors import CentelhaError
+from centelha.generate import SamplingConfig, generate
+from centelha.model import Transformer
+from centelha.registry import resolve
+from centelha.template import render_chat
+from centelha.tokenizer import Tokenizer
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def load_model(source: str | Path, dtype: str = "fp32") -> tuple[Transformer, Tokenizer, dict]:
+    """(model in eval mode, tokenizer, info about where it came from)."""
+    if dtype not in DTYPES:
+        raise CentelhaError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+    path = resolve(source)
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise CentelhaError(f"{path}: a model is a .gguf file or a folder "
+                                "(centelha checkpoint or Hugging Face)")
+        from centelha.formats.gguf import load_gguf
+
+        cfg, tensors, tokenizer = load_gguf(path)
+        model = Transformer.from_tensors(cfg, tensors)
+        info = {"format": "gguf", "quantization": cfg.extra.get("gguf_file_type", "unknown")}
+    else:
+        from centelha.formats.hf import is_hf_folder, load_hf
+
+        if is_hf_folder(path):
+            cfg, tensors, tokenizer = load_hf(path)
+            model = Transformer.from_tensors(cfg, tensors)
+            info = {"format": "hf"}
+        else:
+            model, tokenizer = load_checkpoint(path)
+            info = {"format": "centelha"}
+    info["path"] = str(path)
+    return model.to(DTYPES[dtype]).eval(), tokenizer, info
+
+
+def sampling_from(kwargs: dict) -> SamplingConfig:
+    try:
+        return SamplingConfig(**kwargs)
+    except TypeError as e:
+        raise CentelhaError(f"unknown generation setting: {e}") from None
+
+
+class LLM:
+    """A loaded model and its tokenizer, with the three ways people use one."""
+
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, name: str = "model",
+                 info: dict | None = None):
+        self.model, self.tokenizer, self.name = model, tokenizer, name
+        self.info = info or {}
+
+    def stream(self, prompt: str | list[dict], **settings) -> Iterator[str]:
+        """Text pieces as they are generated; a list of messages is a chat."""
+        cfg = sampling_from(settings)
+        if isinstance(prompt, list):
+            text = self.chat_prompt(prompt)
+            return generate(self.model, self.tokenizer, text, cfg, special=True)
+        return generate(self.model, self.tokenizer, prompt, cfg)
+
+    def generate(self, prompt: str, **settings) -> str:
+        """The continuation of `prompt` (temperature=0 for greedy)."""
+        return "".join(self.stream(prompt, **settings))
+
+    def chat(self, messages: list[dict], **settings) -> str:
+        """The assistant's reply to `messages` ([{"role": "user", "content": ...}, ...])."""
+        return "".join(self.stream(messages, **settings)).strip()
+
+    def chat_prompt(self, messages: list[dict]) -> str:
+        tok = self.tokenizer
+        return render_chat(tok.chat_template, messages, tok.bos_token, tok.eos_token)
+
+
+def load(source: str | Path = "smollm2-135m-instruct", dtype: str = "fp32") -> LLM:
+    """A model by registry name, checkpoint folder, Hugging Face folder or GGUF path."""
+    model, tokenizer, info = load_model(source, dtype)
+    return LLM(model, tokenizer, name=str(source), info=info)

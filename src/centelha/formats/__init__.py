@@ -1,0 +1,1 @@
+"""Import and export of other model formats: Hugging Face folders and GGUF files."""
