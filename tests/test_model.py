@@ -100,3 +100,22 @@ def test_impossible_configs_are_refused(values, message):
 
     with pytest.raises(CentelhaError, match=message):
         ModelConfig.from_dict(values)
+
+
+def test_rows_of_different_lengths_decode_together(family):
+    model = make_model(family)
+    gen = torch.Generator().manual_seed(3)
+    sequences = [torch.randint(0, 97, (n,), generator=gen) for n in (5, 11, 2)]
+    cache = model.new_cache(batch=3, max_len=32)
+    with torch.no_grad():
+        for row, seq in enumerate(sequences):  # prefill each row on its own
+            model(seq[None], cache=cache, rows=slice(row, row + 1))
+        assert cache.lengths == [5, 11, 2]
+        for _ in range(4):  # then decode all rows in one call per step
+            new = torch.randint(0, 97, (3, 1), generator=gen)
+            together = model(new, cache=cache)[:, -1]
+            sequences = [torch.cat([s, n]) for s, n in zip(sequences, new, strict=True)]
+            for row, seq in enumerate(sequences):
+                alone = model(seq[None])[0, -1]
+                assert (together[row] - alone).abs().max().item() < 1e-5
+    assert cache.lengths == [9, 15, 6]

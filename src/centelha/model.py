@@ -18,6 +18,7 @@ Design choices a reader should know:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,12 @@ from centelha.errors import CentelhaError
 
 
 class KVCache:
-    """Keys and values of every layer for `batch` sequences, up to `max_len` positions."""
+    """Keys and values of every layer for `batch` rows, up to `max_len` positions each.
+
+    Each row is one sequence with its own length, so rows of different lengths can
+    decode together (the engine's batch); a forward call works on a contiguous range of
+    rows, so the cache is only ever read and written through views, never copied.
+    """
 
     def __init__(self, cfg: ModelConfig, batch: int, max_len: int,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
@@ -36,10 +42,31 @@ class KVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.max_len = max_len
-        self.pos = 0  # how many positions are filled (the same for the whole batch)
+        self.lengths = [0] * batch  # filled positions of each row
 
-    def reset(self) -> None:
-        self.pos = 0
+    @property
+    def pos(self) -> int:
+        """The filled length, when every row has the same one."""
+        if len(set(self.lengths)) != 1:
+            raise ValueError("rows of this cache have different lengths")
+        return self.lengths[0]
+
+    def reset(self, rows: slice = slice(None)) -> None:
+        for row in range(len(self.lengths))[rows]:
+            self.lengths[row] = 0
+
+
+@dataclass
+class Step:
+    """How one forward call meets the cache: computed once, shared by every layer."""
+    cache: KVCache | None = None
+    rows: slice | None = None
+    start: int | None = 0            # the rows' common start, or None when they differ
+    positions: torch.Tensor | None = None  # (B, T) when the starts differ
+    keys: int = 0                    # how many cached positions the queries attend over
+    mask: torch.Tensor | None = None
+    causal: bool = True
+    rope: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def rope_inverse_frequencies(cfg: ModelConfig) -> torch.Tensor:
@@ -113,8 +140,7 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
             self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                cache: KVCache | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, step: Step) -> torch.Tensor:
         cfg = self.cfg
         B, T, _ = x.shape
         q, k, v = self.qkv(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
@@ -123,29 +149,31 @@ class Attention(nn.Module):
         v = v.view(B, T, cfg.n_kv_head, cfg.head_dim).transpose(1, 2)
         if cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-
-        mask, causal = None, True
-        if cache is not None:
-            start = cache.pos
-            cache.k[self.layer, :B, :, start:start + T] = k
-            cache.v[self.layer, :B, :, start:start + T] = v
-            k = cache.k[self.layer, :B, :, :start + T]
-            v = cache.v[self.layer, :B, :, :start + T]
-            if start > 0:
-                # New queries see every cached position and the causal part of their own block.
-                causal = False
-                if T > 1:
-                    mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device)
-                    mask[:, start:] = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        if step.rope is not None:
+            q, k = apply_rope(q, *step.rope), apply_rope(k, *step.rope)
+        if step.cache is not None:
+            k, v = self.remember(k, v, step)
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal and T > 1,
+            q, k, v, attn_mask=step.mask, is_causal=step.causal,
             dropout_p=cfg.dropout if self.training else 0.0,
             enable_gqa=cfg.n_kv_head != cfg.n_head,
         )
         y = y.transpose(1, 2).reshape(B, T, self.q_size)
         return self.proj(y)
+
+    def remember(self, k: torch.Tensor, v: torch.Tensor, step: Step):
+        """Write the new keys/values into the cache; return all the keys/values to attend."""
+        cache_k = step.cache.k[self.layer, step.rows]
+        cache_v = step.cache.v[self.layer, step.rows]
+        if step.start is not None:
+            end = step.start + k.shape[2]
+            cache_k[:, :, step.start:end] = k
+            cache_v[:, :, step.start:end] = v
+        else:
+            rows = torch.arange(k.shape[0], device=k.device)[:, None]
+            cache_k[rows, :, step.positions] = k.transpose(1, 2)
+            cache_v[rows, :, step.positions] = v.transpose(1, 2)
+        return cache_k[:, :, :step.keys], cache_v[:, :, :step.keys]
 
 
 class MLP(nn.Module):
@@ -175,8 +203,8 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, rope, cache):
-        x = x + self.dropout(self.attn(self.norm1(x), rope, cache))
+    def forward(self, x: torch.Tensor, step: Step) -> torch.Tensor:
+        x = x + self.dropout(self.attn(self.norm1(x), step))
         return x + self.dropout(self.mlp(self.norm2(x)))
 
 
@@ -246,34 +274,32 @@ class Transformer(nn.Module):
 
     def new_cache(self, batch: int = 1, max_len: int | None = None) -> KVCache:
         max_len = max_len or self.cfg.block_size
-        p = self.lm_head.weight
+        p = self.tok_emb.weight
         return KVCache(self.cfg, batch, min(max_len, self.cfg.block_size), p.dtype, p.device)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                cache: KVCache | None = None, last_only: bool = False):
+                cache: KVCache | None = None, last_only: bool = False,
+                rows: slice | None = None):
         """Logits for token ids `idx` (B, T); with `targets`, also the mean cross-entropy.
 
-        With a `cache`, `idx` continues the cached sequence and the cache advances by T.
-        `last_only` computes logits for the final position only (generation).
+        With a `cache`, `idx` continues the sequences in cache rows `rows` (default: all
+        of them, B rows from the first), each from its own length, and those rows grow
+        by T. `last_only` computes logits for the final position only (generation).
         """
         B, T = idx.shape
-        start = cache.pos if cache is not None else 0
-        limit = cache.max_len if cache is not None else self.cfg.block_size
-        if start + T > limit:
-            raise CentelhaError(
-                f"sequence of {start + T} tokens is longer than the context ({limit} tokens)"
-            )
+        step = self.plan(B, T, cache, rows, idx.device)
         x = self.tok_emb(idx)
-        rope = None
+        positions = step.positions if step.start is None else None
         if self.cfg.pos == "learned":
-            x = x + self.pos_emb(torch.arange(start, start + T, device=idx.device))
-        else:
-            rope = self.rope(start, T)
+            if positions is None:
+                positions = torch.arange(step.start, step.start + T, device=idx.device)
+            x = x + self.pos_emb(positions)
         x = self.dropout(x)
         for block in self.blocks:
-            x = block(x, rope, cache)
+            x = block(x, step)
         if cache is not None:
-            cache.pos += T
+            for row in range(len(cache.lengths))[step.rows]:
+                cache.lengths[row] += T
         if last_only:
             x = x[:, -1:]
         logits = self.lm_head(self.norm_f(x))
@@ -283,6 +309,39 @@ class Transformer(nn.Module):
                                ignore_index=-100)
         return logits, loss
 
+    def plan(self, B: int, T: int, cache: KVCache | None, rows: slice | None,
+             device: torch.device) -> Step:
+        """Positions, cache slots and attention mask of one forward call."""
+        if cache is None:
+            if T > self.cfg.block_size:
+                raise CentelhaError(f"sequence of {T} tokens is longer than the context "
+                                    f"({self.cfg.block_size} tokens)")
+            return Step(causal=T > 1, rope=self.rope(0, T) if self.cfg.pos == "rope" else None)
+        rows = rows if rows is not None else slice(0, B)
+        starts = cache.lengths[rows]
+        if len(starts) != B:
+            raise ValueError(f"{B} inputs for {len(starts)} cache rows")
+        if max(starts) + T > cache.max_len:
+            raise CentelhaError(f"sequence of {max(starts) + T} tokens is longer than the "
+                                f"context ({cache.max_len} tokens)")
+        keys = max(starts) + T
+        if len(set(starts)) == 1:
+            start = starts[0]
+            step = Step(cache, rows, start, keys=keys, causal=start == 0 and T > 1)
+            if start > 0 and T > 1:
+                # new queries see every cached position and the causal part of their block
+                step.mask = torch.ones(T, keys, dtype=torch.bool, device=device).tril(start)
+            if self.cfg.pos == "rope":
+                step.rope = self.rope(start, T)
+            return step
+        first = torch.tensor(starts, device=device)[:, None]
+        positions = first + torch.arange(T, device=device)
+        mask = torch.arange(keys, device=device) <= positions[:, :, None]  # (B, T, keys)
+        step = Step(cache, rows, None, positions, keys, mask[:, None], causal=False)
+        if self.cfg.pos == "rope":
+            cos, sin = self.rope(0, keys)
+            step.rope = (cos[positions][:, None], sin[positions][:, None])
+        return step
 
 def count_parameters(model: Transformer, trainable_only: bool = False) -> int:
     """Distinct parameters (a tied embedding counts once)."""
