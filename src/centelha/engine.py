@@ -1,0 +1,190 @@
+"""`Engine`: owns a model and a preallocated KV cache, and turns requests into token streams.
+
+Requests join and leave a running batch between decode steps (continuous batching):
+`add` prefills a request's prompt into a free cache row (in chunks, so a long prompt
+never needs one huge attention matrix), `step` decodes one token for every active row in
+a single forward pass, and a finished row is freed at once. `stream` and
+`generate_batch` are the simple front doors built on those three calls; `centelha
+chat`, `generate` and the server use them.
+
+Design choices a reader should know:
+- Active requests always occupy cache rows 0…n-1: when one finishes, the last row's
+  keys and values move into its place. A forward pass then works on one contiguous
+  range of rows, i.e. on views of the cache, never on gathered copies.
+- Each row keeps its own length, positions and sampling state (settings, seed,
+  repetition history), so a request's output does not depend on who shares the batch:
+  the same greedy request gives the same tokens alone or in a crowd.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from centelha.errors import CentelhaError
+from centelha.generate import SamplingConfig, choose_token, make_generator, process_logits
+from centelha.model import Transformer
+
+
+@dataclass
+class Request:
+    prompt_ids: list[int]
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    stop_ids: frozenset[int] = frozenset()
+    id: int = field(default_factory=itertools.count().__next__)
+
+
+@dataclass
+class Active:
+    """A request in a cache row, with its own sampling state."""
+    request: Request
+    budget: int
+    generator: torch.Generator
+    seen: torch.Tensor
+    last_token: int = -1
+    produced: int = 0
+    finish_reason: str | None = None
+
+
+@dataclass
+class Token:
+    """One step's result for one request."""
+    request_id: int
+    token: int
+    logits: torch.Tensor | None  # processed logits it was drawn from (for log-probs)
+    finish_reason: str | None    # "stop" | "length" | None while it goes on
+
+
+class Engine:
+    def __init__(self, model: Transformer, max_batch: int = 8, max_len: int | None = None,
+                 prefill_chunk: int = 512, keep_logits: bool = False):
+        self.model = model.eval()
+        self.max_batch = max_batch
+        self.cache = model.new_cache(max_batch, max_len)
+        self.prefill_chunk = prefill_chunk
+        self.keep_logits = keep_logits
+        self.active: list[Active] = []
+        self.lock = threading.Lock()  # one forward pass at a time
+
+    @property
+    def context(self) -> int:
+        return self.cache.max_len
+
+    @property
+    def free_rows(self) -> int:
+        return self.max_batch - len(self.active)
+
+    # -- joining ------------------------------------------------------------------------
+    def check(self, request: Request) -> None:
+        n = len(request.prompt_ids)
+        if n == 0:
+            raise CentelhaError("the prompt is empty")
+        if n >= self.context:
+            raise CentelhaError(f"the prompt is {n} tokens long; this model's context holds "
+                                f"{self.context}, leaving no room to generate")
+
+    @torch.inference_mode()
+    def add(self, request: Request) -> Token | None:
+        """Prefill `request` into a free row and return its first token (None if its budget
+        is 0). Raises CentelhaError when the prompt does not fit or the batch is full."""
+        self.check(request)
+        if not self.free_rows:
+            raise CentelhaError("the engine's batch is full")
+        prompt = request.prompt_ids
+        budget = min(request.sampling.max_new_tokens, self.context - len(prompt))
+        row = len(self.active)
+        state = Active(request, budget, make_generator(request.sampling.seed),
+                       torch.tensor(prompt, dtype=torch.long))
+        if budget <= 0:
+            return None
+        self.cache.reset(slice(row, row + 1))
+        device = self.cache.k.device
+        with self.lock:
+            for start in range(0, len(prompt), self.prefill_chunk):
+                chunk = torch.tensor([prompt[start:start + self.prefill_chunk]], device=device)
+                logits = self.model(chunk, cache=self.cache, rows=slice(row, row + 1),
+                                    last_only=True)
+            self.active.append(state)
+        return self.emit(state, logits[0, -1])
+
+    # -- decoding -----------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self) -> list[Token]:
+        """One new token for every active request; finished ones leave the batch."""
+        if not self.active:
+            return []
+        with self.lock:
+            n = len(self.active)
+            tokens = torch.tensor([[a.last_token] for a in self.active],
+                                  device=self.cache.k.device)
+            logits = self.model(tokens, cache=self.cache, rows=slice(0, n))[:, -1]
+            return [self.emit(state, logits[i]) for i, state in enumerate(list(self.active))]
+
+    def emit(self, state: Active, logits: torch.Tensor) -> Token:
+        sampling = state.request.sampling
+        processed = process_logits(logits.float().cpu(), state.seen, sampling)
+        token = choose_token(processed, sampling, state.generator)
+        state.last_token = token
+        state.produced += 1
+        if sampling.repetition_penalty != 1.0:
+            state.seen = torch.cat([state.seen, torch.tensor([token])])
+        if token in state.request.stop_ids:
+            state.finish_reason = "stop"
+        elif state.produced >= state.budget:
+            state.finish_reason = "length"
+        if state.finish_reason:
+            self.remove(state.request.id)
+        return Token(state.request.id, token, processed if self.keep_logits else None,
+                     state.finish_reason)
+
+    # -- leaving ------------------------------------------------------------------------
+    def remove(self, request_id: int) -> None:
+        """Free a request's row (finished, or its client went away)."""
+        rows = [i for i, a in enumerate(self.active) if a.request.id == request_id]
+        if not rows:
+            return
+        row, last = rows[0], len(self.active) - 1
+        if row != last:  # keep active rows contiguous: the last row moves into the hole
+            length = self.cache.lengths[last]
+            self.cache.k[:, row, :, :length] = self.cache.k[:, last, :, :length]
+            self.cache.v[:, row, :, :length] = self.cache.v[:, last, :, :length]
+            self.cache.lengths[row] = length
+            self.active[row] = self.active[last]
+        self.active.pop()
+        self.cache.lengths[last] = 0
+
+    # -- front doors --------------------------------------------------------------------
+    def stream(self, request: Request) -> Iterator[Token]:
+        """Tokens of one request as they are made (other requests may share the batch)."""
+        first = self.add(request)
+        if first is None:
+            return
+        yield first
+        done = first.finish_reason is not None
+        try:
+            while not done:
+                for token in self.step():
+                    if token.request_id == request.id:
+                        yield token
+                        done = token.finish_reason is not None
+        finally:
+            self.remove(request.id)
+
+    def generate_batch(self, requests: list[Request]) -> list[list[int]]:
+        """Run many requests to completion together; their new token ids, in order."""
+        for request in requests:
+            self.check(request)
+        results: dict[int, list[int]] = {r.id: [] for r in requests}
+        waiting = list(requests)
+        while waiting or self.active:
+            while waiting and self.free_rows:
+                first = self.add(waiting.pop(0))
+                if first is not None:
+                    results[first.request_id].append(first.token)
+            for token in self.step():
+                results[token.request_id].append(token.token)
+        return [results[r.id] for r in requests]
