@@ -13,14 +13,18 @@ from pathlib import Path
 import torch
 
 from centelha.checkpoint import load_checkpoint
+from centelha.engine import Engine, Request
 from centelha.errors import CentelhaError
-from centelha.generate import SamplingConfig, generate
+from centelha.generate import SamplingConfig, prompt_ids, stream_text
 from centelha.model import Transformer
 from centelha.registry import resolve
 from centelha.template import render_chat
 from centelha.tokenizer import Tokenizer
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# The KV cache is preallocated, so a model that declares 128k positions would reserve
+# gigabytes for one conversation: by default it gets this many (pass max_context to change).
+DEFAULT_CONTEXT = 4096
 
 
 def load_model(source: str | Path, dtype: str = "fp32") -> tuple[Transformer, Tokenizer, dict]:
@@ -62,17 +66,28 @@ class LLM:
     """A loaded model and its tokenizer, with the three ways people use one."""
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, name: str = "model",
-                 info: dict | None = None):
+                 info: dict | None = None, max_context: int = DEFAULT_CONTEXT):
         self.model, self.tokenizer, self.name = model, tokenizer, name
         self.info = info or {}
+        self.max_context = min(max_context, model.cfg.block_size)
+        self._engine: Engine | None = None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:  # the cache is allocated on first use
+            self._engine = Engine(self.model, max_batch=1, max_len=self.max_context)
+        return self._engine
 
     def stream(self, prompt: str | list[dict], **settings) -> Iterator[str]:
         """Text pieces as they are generated; a list of messages is a chat."""
         cfg = sampling_from(settings)
         if isinstance(prompt, list):
-            text = self.chat_prompt(prompt)
-            return generate(self.model, self.tokenizer, text, cfg, special=True)
-        return generate(self.model, self.tokenizer, prompt, cfg)
+            ids = prompt_ids(self.tokenizer, self.chat_prompt(prompt), special=True)
+        else:
+            ids = prompt_ids(self.tokenizer, prompt)
+        request = Request(ids, cfg, frozenset(self.tokenizer.stop_ids))
+        tokens = (t.token for t in self.engine.stream(request))
+        return stream_text(self.tokenizer, tokens, cfg.stop)
 
     def generate(self, prompt: str, **settings) -> str:
         """The continuation of `prompt` (temperature=0 for greedy)."""
@@ -87,7 +102,8 @@ class LLM:
         return render_chat(tok.chat_template, messages, tok.bos_token, tok.eos_token)
 
 
-def load(source: str | Path = "smollm2-135m-instruct", dtype: str = "fp32") -> LLM:
+def load(source: str | Path = "smollm2-135m-instruct", dtype: str = "fp32",
+         max_context: int = DEFAULT_CONTEXT) -> LLM:
     """A model by registry name, checkpoint folder, Hugging Face folder or GGUF path."""
     model, tokenizer, info = load_model(source, dtype)
-    return LLM(model, tokenizer, name=str(source), info=info)
+    return LLM(model, tokenizer, name=str(source), info=info, max_context=max_context)
