@@ -192,6 +192,32 @@ def convert(
     console.print(f"wrote {out}")
 
 
+eval_app = typer.Typer(help="Measure a model: perplexity on a text.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("perplexity")
+def eval_perplexity(
+    model: str = typer.Argument(..., help="Model folder, .gguf file or name"),
+    text: Path = typer.Option(..., help="A UTF-8 text file to score"),
+    dtype: str = typer.Option("fp32", help="Weights: fp32 or bf16"),
+    window: int = typer.Option(None, help="Tokens per window (default: the context)"),
+    stride: int = typer.Option(None, help="Step between windows (default: half a window)"),
+    max_tokens: int = typer.Option(None, help="Score only the first N tokens"),
+) -> None:
+    """Perplexity of a model on a text (sliding window)."""
+    from centelha.api import load_model
+    from centelha.data import normalize, read_text
+    from centelha.evaluate import perplexity
+
+    net, tokenizer, _ = load_model(model, dtype=dtype)
+    if not text.is_file():
+        raise CentelhaError(f"text file not found: {text}")
+    result = perplexity(net, tokenizer, normalize(read_text(text)), window, stride, max_tokens)
+    console.print(f"perplexity {result.perplexity:.3f} ({result.nll:.4f} nats/token, "
+                  f"{result.tokens:,} tokens)")
+
+
 models_app = typer.Typer(help="The local model registry: names for model files and folders.",
                          no_args_is_help=True)
 app.add_typer(models_app, name="models")

@@ -1,0 +1,63 @@
+"""Evaluation: perplexity of a model on a text.
+
+Perplexity is exp(mean negative log-likelihood per token). The text is scored in
+windows of the model's context (or `window` tokens) that overlap by `window - stride`
+positions: every token after the first window is predicted with at least
+`window - stride` tokens of context, and each token is counted exactly once. This is the
+usual "sliding window" evaluation, so numbers compare with other tools' at equal settings.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from centelha.errors import CentelhaError
+from centelha.model import Transformer
+from centelha.tokenizer import Tokenizer
+
+
+@dataclass
+class Perplexity:
+    perplexity: float
+    nll: float          # mean negative log-likelihood, nats per token
+    tokens: int         # tokens scored
+
+    @property
+    def bits_per_token(self) -> float:
+        return self.nll / math.log(2)
+
+
+@torch.inference_mode()
+def perplexity(model: Transformer, tokenizer: Tokenizer, text: str, window: int | None = None,
+               stride: int | None = None, max_tokens: int | None = None) -> Perplexity:
+    """Perplexity of `model` on `text` with a sliding window."""
+    ids = tokenizer.encode(text)
+    if tokenizer.add_bos:
+        ids = [tokenizer.bos_id, *ids]
+    if max_tokens:
+        ids = ids[:max_tokens]
+    if len(ids) < 2:
+        raise CentelhaError("the text is too short to measure perplexity (fewer than 2 tokens)")
+    window = min(window or model.cfg.block_size, model.cfg.block_size)
+    stride = stride or window // 2
+    if not 0 < stride <= window:
+        raise CentelhaError(f"stride must be between 1 and the window ({window})")
+    tokens = torch.tensor(ids, device=model.tok_emb.weight.device)
+    total, count, scored = 0.0, 0, 1  # token 0 has nothing before it to predict it
+    for begin in range(0, len(ids) - 1, stride):
+        end = min(begin + window, len(ids))
+        first = max(scored, begin + 1)  # tokens already scored are not counted twice
+        if first < end:
+            logits = model(tokens[begin:end][None])[0].float()
+            predictions = logits[first - 1 - begin:end - 1 - begin]
+            total += F.cross_entropy(predictions, tokens[first:end], reduction="sum").item()
+            count += end - first
+            scored = end
+        if end == len(ids):
+            break
+    nll = total / count
+    return Perplexity(math.exp(nll), nll, count)
