@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from centelha.tokenizer import EOT, Tokenizer, train_bpe, train_char
+from centelha.tokenizer import BYTE_TOKENS, EOT, Tokenizer, train_bpe, train_char
 
 TRAINING = ["Era uma vez um coração que não sabia o que é saudade.",
             "Ação, reação, emoção — tudo isso é português. Olá!"] * 20
@@ -77,3 +77,20 @@ def test_bad_tokenizer_file_is_a_clear_error(tmp_path):
         Tokenizer.load(tmp_path)
     with pytest.raises(CentelhaError, match="not found"):
         Tokenizer.load(tmp_path / "missing.json")
+
+
+def test_sentencepiece_style_tokenizer_json_is_detected():
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, normalizers
+
+    vocab = {"<unk>": 0, "▁Era": 1, "▁uma": 2, "▁vez": 3, "▁": 4, **{t: 5 + i for i, t in
+                                                                   enumerate(BYTE_TOKENS)}}
+    hf = HFTokenizer(models.BPE(vocab=vocab, merges=[], byte_fallback=True, unk_token="<unk>"))
+    hf.normalizer = normalizers.Sequence([normalizers.Prepend("▁"),
+                                          normalizers.Replace(" ", "▁")])
+    hf.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
+                                    decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    tok = Tokenizer(hf)
+    assert tok.kind == "spm" and tok.strip_leading_space
+    assert tok.decode([1, 2, 3]) == "Era uma vez"
+    assert tok.decode(tok.encode("Era ção")) == "Era ção"

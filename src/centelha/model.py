@@ -121,6 +121,30 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
+# Queries per call at or below which attention is two batched matrix products instead of
+# SDPA: PyTorch's CPU flash kernel costs milliseconds for one query over a cache view.
+DECODE_TOKENS = 4
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     mask: torch.Tensor | None) -> torch.Tensor:
+    """Attention of a few new queries over the cache. Grouped-query heads are handled by
+    folding each group's queries together, so keys and values are never copied."""
+    B, H, T, D = q.shape
+    kv_heads = k.shape[1]
+    group = H // kv_heads
+    q = q.reshape(B, kv_heads, group * T, D)
+    scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(D))  # (B, kv, group·T, S)
+    if mask is not None:
+        if mask.dim() == 2:  # (T, S): the same for every row and head
+            mask = mask[None, None]
+        # (B, 1, T, S) → repeat over the group's queries, which are laid out group-major
+        mask = mask.expand(B, 1, T, mask.shape[-1]).repeat(1, 1, group, 1)
+        scores = scores.masked_fill(~mask, float("-inf"))
+    y = scores.softmax(-1) @ v
+    return y.reshape(B, H, T, D)
+
+
 def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
     if cfg.norm == "rmsnorm":
         return RMSNorm(dim, cfg.norm_eps)
@@ -153,11 +177,14 @@ class Attention(nn.Module):
             q, k = apply_rope(q, *step.rope), apply_rope(k, *step.rope)
         if step.cache is not None:
             k, v = self.remember(k, v, step)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=step.mask, is_causal=step.causal,
-            dropout_p=cfg.dropout if self.training else 0.0,
-            enable_gqa=cfg.n_kv_head != cfg.n_head,
-        )
+        if step.cache is not None and T <= DECODE_TOKENS and not step.causal:
+            y = decode_attention(q, k, v, step.mask)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=step.mask, is_causal=step.causal,
+                dropout_p=cfg.dropout if self.training else 0.0,
+                enable_gqa=cfg.n_kv_head != cfg.n_head,
+            )
         y = y.transpose(1, 2).reshape(B, T, self.q_size)
         return self.proj(y)
 

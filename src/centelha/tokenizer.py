@@ -214,7 +214,8 @@ def _detect_kind(hf: HFTokenizer) -> tuple[str, bool]:
     strip = any(d.get("type") == "Strip" and d.get("start", 0) > 0 for d in parts)
     if "ByteLevel" in kinds:
         return "bpe", False
-    if "Metaspace" in kinds or any(d.get("type") == "Replace" and "\u2581" in json.dumps(d)
+    if "Metaspace" in kinds or any(d.get("type") == "Replace" and
+                                   "\u2581" in json.dumps(d, ensure_ascii=False)
                                    for d in parts):
         return "spm", strip or "Metaspace" in kinds
     if "ByteFallback" in kinds:
