@@ -113,3 +113,40 @@ def test_quickstart_runs_end_to_end(tmp_path):
     for text in ("1. prepare", "2. pretrain", "3. generate", "unigram baseline", "checkpoint:"):
         assert text in result.stdout
     assert (tmp_path / "runs" / "quickstart" / "model.safetensors").is_file()
+
+
+def test_convert_and_models_commands(trained, tmp_path, monkeypatch):
+    monkeypatch.setenv("CENTELHA_HOME", str(tmp_path / "home"))
+    result = cli("convert", trained / "run", "--to", "gguf", "--out", tmp_path / "m.gguf",
+                 "--dtype", "f32")
+    assert result.returncode == 0, result.stderr
+    result = cli("convert", trained / "run", "--to", "hf", "--out", tmp_path / "hf")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "hf" / "config.json").is_file()
+    result = cli("models", "add", tmp_path / "m.gguf", "--name", "meu-gguf")
+    assert result.returncode == 0, result.stderr
+    listing = cli("models", "list")
+    assert listing.returncode == 0 and "meu-gguf" in listing.stdout
+    shown = cli("models", "show", "meu-gguf")
+    assert "family" in shown.stdout and "llama" in shown.stdout
+    a = cli("generate", "meu-gguf", "--prompt", "Era", "--temperature", 0, "--max-new-tokens", 8)
+    b = cli("generate", tmp_path / "hf", "--prompt", "Era", "--temperature", 0,
+            "--max-new-tokens", 8)
+    c = cli("generate", trained / "run", "--prompt", "Era", "--temperature", 0,
+            "--max-new-tokens", 8)
+    assert a.returncode == 0, a.stderr
+    assert a.stdout == b.stdout == c.stdout
+    assert cli("models", "rm", "meu-gguf").returncode == 0
+    assert_clear_error(cli("models", "show", "meu-gguf"), "no registered model")
+
+
+def test_convert_refuses_unknown_targets(trained, tmp_path):
+    assert_clear_error(cli("convert", trained / "run", "--to", "onnx", "--out", tmp_path / "x"),
+                       "--to must be hf or gguf")
+
+
+def test_broken_gguf_is_one_line(tmp_path):
+    (tmp_path / "bad.gguf").write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 24)
+    result = cli("generate", tmp_path / "bad.gguf", "--prompt", "x")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error:")
