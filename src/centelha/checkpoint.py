@@ -94,12 +94,22 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def save_model_files(path: str | Path, model: Transformer, tokenizer: Tokenizer) -> None:
-    """Write a checkpoint directory (each file atomically)."""
+    """Write a checkpoint directory (each file atomically). A model with quantized layers
+    is saved as such: its blocks in model.safetensors, their layout in config.json
+    (`extra.quantization`)."""
+    from centelha.quant import QuantLinear, quantized_state
+
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path / "config.json", json.dumps(model.cfg.to_dict(), indent=2) + "\n")
+    config = model.cfg.to_dict()
+    if any(isinstance(m, QuantLinear) for m in model.modules()):
+        tensors, description = quantized_state(model)
+        config["extra"] = {**config["extra"], "quantization": description}
+    else:
+        tensors = model_tensors(model)
+    atomic_write_text(path / "config.json", json.dumps(config, indent=2) + "\n")
     atomic_write(path / "model.safetensors",
-                 lambda tmp: save_file(model_tensors(model), str(tmp), {"format": "pt"}))
+                 lambda tmp: save_file(tensors, str(tmp), {"format": "pt"}))
     write_tokenizer(path, tokenizer)
 
 
@@ -125,8 +135,15 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[Transformer,
     path = check_checkpoint_dir(path)
     cfg = ModelConfig.load(path / "config.json")
     tokenizer = Tokenizer.load(path / "tokenizer.json")
+    tensors = read_weights(path / "model.safetensors")
     try:
-        model = Transformer.from_tensors(cfg, read_weights(path / "model.safetensors"))
+        if cfg.extra.get("quantization"):
+            from centelha.quant import apply_quantized_state
+
+            model = Transformer(cfg)
+            apply_quantized_state(model, tensors, cfg.extra["quantization"])
+        else:
+            model = Transformer.from_tensors(cfg, tensors)
     except CentelhaError as e:
         raise CentelhaError(f"{path / 'model.safetensors'}: {e}") from None
     return model.to(device).eval(), tokenizer

@@ -111,7 +111,7 @@ def generate(
     repetition_penalty: float = typer.Option(1.0, help="> 1 discourages repeats"),
     stop: list[str] = typer.Option([], help="Stop at this text (repeatable)"),
     seed: int = typer.Option(None, help="Seed for reproducible sampling"),
-    dtype: str = typer.Option("fp32", help="Weights in fp32 or bf16"),
+    dtype: str = typer.Option("fp32", help="Weights: fp32, bf16, int8, int4 or native"),
 ) -> None:
     """Continue a prompt, streaming the text as it is generated."""
     from centelha.api import load
@@ -136,7 +136,7 @@ def chat(
     temperature: float = typer.Option(0.7, help=SAMPLING_HELP),
     max_new_tokens: int = typer.Option(512, help="At most this many tokens per answer"),
     seed: int = typer.Option(None, help="Seed for reproducible sampling"),
-    dtype: str = typer.Option("fp32", help="Weights in fp32 or bf16"),
+    dtype: str = typer.Option("fp32", help="Weights: fp32, bf16, int8, int4 or native"),
 ) -> None:
     """Talk to a model in the terminal (/help lists the commands)."""
     from centelha.api import load
@@ -192,6 +192,25 @@ def convert(
     console.print(f"wrote {out}")
 
 
+@app.command()
+def quantize(
+    model: str = typer.Argument(..., help="Model folder, .gguf file or name"),
+    to: str = typer.Option(..., help="int8 (per output channel) or int4 (group-wise)"),
+    out: Path = typer.Option(..., help="Folder for the quantized checkpoint"),
+    group_size: int = typer.Option(32, help="int4 group size: 32, 64 or 128"),
+) -> None:
+    """Write a checkpoint with int8 or int4 weights (safetensors), loadable by every command."""
+    from centelha.api import QUANTIZED, load_model
+    from centelha.checkpoint import save_model_files
+
+    if to not in QUANTIZED:
+        raise CentelhaError(f"--to must be int8 or int4, not {to!r}")
+    net, tokenizer, _ = load_model(model, dtype=to, group_size=group_size)
+    save_model_files(out, net, tokenizer)
+    size = (out / "model.safetensors").stat().st_size
+    console.print(f"wrote {out} ({to}, {_human_size(size)})")
+
+
 eval_app = typer.Typer(help="Measure a model: perplexity on a text.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 
@@ -200,7 +219,7 @@ app.add_typer(eval_app, name="eval")
 def eval_perplexity(
     model: str = typer.Argument(..., help="Model folder, .gguf file or name"),
     text: Path = typer.Option(..., help="A UTF-8 text file to score"),
-    dtype: str = typer.Option("fp32", help="Weights: fp32 or bf16"),
+    dtype: str = typer.Option("fp32", help="Weights: fp32, bf16, int8, int4 or native"),
     window: int = typer.Option(None, help="Tokens per window (default: the context)"),
     stride: int = typer.Option(None, help="Step between windows (default: half a window)"),
     max_tokens: int = typer.Option(None, help="Score only the first N tokens"),

@@ -128,7 +128,7 @@ def generate_ids(model: Transformer, prompt_ids: list[int], cfg: SamplingConfig,
         raise CentelhaError(f"the prompt is {len(prompt_ids)} tokens long; this model's context "
                             f"holds {context}, leaving no room to generate")
     budget = min(cfg.max_new_tokens, context - len(prompt_ids))
-    device = model.lm_head.weight.device
+    device = model.tok_emb.weight.device
     generator = make_generator(cfg.seed)
     cache = model.new_cache(1, len(prompt_ids) + budget)
     seen = torch.tensor(prompt_ids, dtype=torch.long)

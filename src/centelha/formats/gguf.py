@@ -91,6 +91,39 @@ class _TensorInfo:
     nbytes: int
 
 
+@dataclass
+class QuantizedRows:
+    """A weight matrix kept in its GGUF blocks: `rows` is uint8 (N, bytes per row), so
+    row permutations and concatenations apply to it as to a float matrix."""
+    rows: torch.Tensor
+    ggml_type: str
+    shape: tuple[int, int]  # (N, K) of the float matrix
+
+
+# Block types that centelha's quantized layers take as they are (see quant.py).
+NATIVE_TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q4_K")
+
+
+def _cat(parts: list) -> torch.Tensor | QuantizedRows:
+    """Stack matrices by rows; blocks stay blocks when all parts share a block type."""
+    if all(isinstance(p, QuantizedRows) for p in parts) and \
+            len({p.ggml_type for p in parts}) == 1:
+        rows = torch.cat([p.rows for p in parts])
+        return QuantizedRows(rows, parts[0].ggml_type,
+                             (sum(p.shape[0] for p in parts), parts[0].shape[1]))
+    return torch.cat([_dense(p) for p in parts])
+
+
+def _dense(value: torch.Tensor | QuantizedRows) -> torch.Tensor:
+    if not isinstance(value, QuantizedRows):
+        return value
+    from gguf.quants import dequantize as dequantize_blocks
+
+    qtype = GGMLQuantizationType[value.ggml_type]
+    values = dequantize_blocks(value.rows.numpy(), qtype)
+    return torch.from_numpy(np.ascontiguousarray(values)).reshape(value.shape)
+
+
 class _Cursor:
     """Little-endian values read from a buffer; never reads past its end."""
 
@@ -152,6 +185,15 @@ class _GGUFFile:
     def __init__(self, path: Path, metadata: dict[str, Any], tensors: dict[str, _TensorInfo],
                  data: mmap.mmap):
         self.path, self.metadata, self.tensors, self.data = path, metadata, tensors, data
+
+    def raw_rows(self, name: str) -> QuantizedRows | None:
+        """A matrix's blocks, copied out of the map, when centelha can use them as they are."""
+        info = self.tensors[name]
+        if info.qtype.name not in NATIVE_TYPES or len(info.shape) != 2:
+            return None
+        raw = np.frombuffer(self.data, np.uint8, info.nbytes, info.offset)
+        rows = torch.from_numpy(raw.reshape(info.shape[0], -1).copy())
+        return QuantizedRows(rows, info.qtype.name, info.shape)
 
     def tensor(self, name: str) -> torch.Tensor:
         """A tensor dequantized to float32, in torch's shape order."""
@@ -437,12 +479,20 @@ def _interleaved_to_rotate_half(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.reshape(n_heads, -1, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
 
 
+def _unpermute(w: torch.Tensor | QuantizedRows, n_heads: int) -> torch.Tensor | QuantizedRows:
+    """Undo the converter's Q/K row order; on blocks, whole rows move (blocks run along K)."""
+    if isinstance(w, QuantizedRows):
+        return QuantizedRows(_interleaved_to_rotate_half(w.rows, n_heads), w.ggml_type, w.shape)
+    return _interleaved_to_rotate_half(w, n_heads)
+
+
 class _Taker:
     """Dequantizes tensors by GGUF name, after checking the shape the config implies
     (before any data is read), and remembers which tensors were used."""
 
-    def __init__(self, gguf: _GGUFFile, arch: str):
+    def __init__(self, gguf: _GGUFFile, arch: str, keep_quantized: bool = False):
         self.gguf, self.arch, self.used = gguf, arch, {"rope_freqs.weight"}
+        self.keep_quantized = keep_quantized
 
     def __call__(self, name: str, *shape: int) -> torch.Tensor:
         info = self.gguf.tensors.get(name)
@@ -453,12 +503,17 @@ class _Taker:
             raise CentelhaError(f"{self.gguf.path}: tensor {name} has shape {info.shape}, the "
                                 f"metadata implies {shape}")
         self.used.add(name)
+        if self.keep_quantized and name != "token_embd.weight":  # embeddings are looked up
+            raw = self.gguf.raw_rows(name)
+            if raw is not None:
+                return raw
         return self.gguf.tensor(name)
 
 
-def _tensors(gguf: _GGUFFile, cfg: ModelConfig) -> dict[str, torch.Tensor]:
+def _tensors(gguf: _GGUFFile, cfg: ModelConfig,
+             keep_quantized: bool = False) -> dict[str, torch.Tensor | QuantizedRows]:
     arch = cfg.extra["gguf_architecture"]
-    take = _Taker(gguf, arch)
+    take = _Taker(gguf, arch, keep_quantized)
     d, d_ff = cfg.d_model, cfg.d_ff
     out = {"tok_emb.weight": take("token_embd.weight", cfg.vocab_size, d)}
     if cfg.pos == "learned":
@@ -470,8 +525,8 @@ def _tensors(gguf: _GGUFFile, cfg: ModelConfig) -> dict[str, torch.Tensor]:
         out.update(_norm(take, cfg, b + "norm2", g + "ffn_norm"))
         out.update(_attention(take, cfg, arch, b + "attn.", g))
         if cfg.mlp == "swiglu":
-            out[b + "mlp.fc_in.weight"] = torch.cat([take(g + "ffn_gate.weight", d_ff, d),
-                                                     take(g + "ffn_up.weight", d_ff, d)])
+            out[b + "mlp.fc_in.weight"] = _cat([take(g + "ffn_gate.weight", d_ff, d),
+                                                take(g + "ffn_up.weight", d_ff, d)])
         else:
             out[b + "mlp.fc_in.weight"] = take(g + "ffn_up.weight", d_ff, d)
         out[b + "mlp.fc_out.weight"] = take(g + "ffn_down.weight", d, d_ff)
@@ -480,6 +535,10 @@ def _tensors(gguf: _GGUFFile, cfg: ModelConfig) -> dict[str, torch.Tensor]:
             out[b + "mlp.fc_out.bias"] = take(g + "ffn_down.bias", d)
     if not cfg.tie_embeddings:
         out["lm_head.weight"] = take("output.weight", cfg.vocab_size, d)
+    elif keep_quantized:  # the head reads the embedding's blocks; the lookup stays float
+        head = gguf.raw_rows("token_embd.weight")
+        if head is not None:
+            out["lm_head.weight"] = head
     take.used.add("output.weight")  # tied: a byte-for-byte copy of the embedding
     unused = sorted(set(gguf.tensors) - take.used)
     if unused:
@@ -510,9 +569,9 @@ def _attention(take: _Taker, cfg: ModelConfig, arch: str, ours: str,
         columns = (d,) if param == "weight" else ()
         q, k, v = (take(f"{theirs}attn_{x}.{param}", rows[x], *columns) for x in "qkv")
         if arch in PERMUTED_ARCHITECTURES:
-            q = _interleaved_to_rotate_half(q, cfg.n_head)
-            k = _interleaved_to_rotate_half(k, cfg.n_kv_head)
-        out[f"{ours}qkv.{param}"] = torch.cat([q, k, v])
+            q = _unpermute(q, cfg.n_head)
+            k = _unpermute(k, cfg.n_kv_head)
+        out[f"{ours}qkv.{param}"] = _cat([q, k, v])
     if cfg.qk_norm:
         out[ours + "q_norm.weight"] = take(theirs + "attn_q_norm.weight", hd)
         out[ours + "k_norm.weight"] = take(theirs + "attn_k_norm.weight", hd)
@@ -679,14 +738,17 @@ def _merges_from_scores(tokens: list[str], types: np.ndarray,
 # ------------------------------------------------------------------------------------------
 # Import: the public entry point
 # ------------------------------------------------------------------------------------------
-def load_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer]:
+def load_gguf(path: str | Path, keep_quantized: bool = False
+              ) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer]:
     """Read a GGUF file: metadata -> ModelConfig, tensors dequantized to float32 and renamed
     to centelha's state-dict names, tokenizer rebuilt from tokenizer.ggml.* (with chat
     template).
 
     Build the model with `Transformer.from_tensors(cfg, tensors)` (or `Transformer(cfg)` +
     `load_state_dict(tensors, strict=False)`); with tied embeddings there is no
-    `lm_head.weight`.
+    `lm_head.weight`. With `keep_quantized`, matrices stored as Q8_0/Q4_0/Q4_1/Q4_K come
+    back as `QuantizedRows` (their blocks, for `quant.QuantLinear`), and a tied head gets
+    the embedding's blocks under `lm_head.weight`.
     """
     gguf = _read_gguf(path)
     try:
@@ -695,7 +757,7 @@ def load_gguf(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], T
         if tokenizer.vocab_size > cfg.vocab_size:
             raise CentelhaError(f"{gguf.path}: the tokenizer has {tokenizer.vocab_size} tokens, "
                                 f"the embedding only {cfg.vocab_size} rows")
-        tensors = _tensors(gguf, cfg)
+        tensors = _tensors(gguf, cfg, keep_quantized)
     finally:
         gguf.close()
     return cfg, tensors, tokenizer
