@@ -1,6 +1,6 @@
-"""CPU decode, side by side: centelha (fp32, bf16, int8, int4, GGUF Q4_1 blocks) vs
-llama.cpp (llama-cpp-python) vs Hugging Face transformers, on the bundled
-SmolLM2-135M-Instruct GGUF, 2 threads, the same ~500-token prompt.
+"""CPU decode, side by side: centelha (fp32, bf16, int8, int4, and native = the GGUF's
+Q4_1 blocks as they are) vs llama.cpp (llama-cpp-python) vs Hugging Face transformers, on
+the bundled SmolLM2-135M-Instruct GGUF, 2 threads, the same ~500-token prompt.
 
 For each engine, in its own process (so peak RSS is its own): prefill tokens/s and time
 to first token on the prompt, decode tokens/s for 128 greedy tokens, peak RSS. Then
@@ -28,7 +28,7 @@ THREADS = 2
 PROMPT_TOKENS = 500
 NEW_TOKENS = 128
 CENTELHA = ["centelha-fp32", "centelha-bf16", "centelha-int8", "centelha-int4",
-            "centelha-gguf"]
+            "centelha-native"]
 PEERS = ["llama.cpp", "transformers"]
 
 
@@ -62,7 +62,7 @@ def run_centelha(name: str, ids: list[int]) -> dict:
     from centelha.engine import Engine, Request
     from centelha.generate import SamplingConfig
 
-    dtype = {"centelha-gguf": "gguf"}.get(name, name.split("-")[1])
+    dtype = name.split("-")[1]
     model, _, _ = load_model(model_path(), dtype=dtype)
     engine = Engine(model, max_batch=1, max_len=1024)
     greedy = SamplingConfig(max_new_tokens=NEW_TOKENS, temperature=0)
@@ -135,7 +135,7 @@ def run_batches(name: str, sizes: list[int]) -> dict:
     from centelha.engine import Engine, Request
     from centelha.generate import SamplingConfig
 
-    dtype = {"centelha-gguf": "gguf"}.get(name, name.split("-")[1])
+    dtype = name.split("-")[1]
     model, _, _ = load_model(model_path(), dtype=dtype)
     prompts = [prompt_ids(100, offset=5000 * i) for i in range(max(sizes))]
     results = {}
