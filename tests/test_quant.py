@@ -33,6 +33,7 @@ from centelha.errors import CentelhaError
 from centelha.kernels import kernel_info, kernels_disabled, load_kernels
 from centelha.model import Transformer
 from centelha.quant import (
+    DECODE_MAX_ROWS,
     QuantLinear,
     apply_quantized_state,
     dequantize_q4,
@@ -187,7 +188,7 @@ def test_fallback_without_kernels(monkeypatch):
 
 def test_prefill_rows_use_dequantized_gemm(kernels):
     layer = QuantLinear.from_linear(nn.Linear(K, N), "int8")
-    x = torch.randn(2, 10, K)  # 20 rows > DECODE_MAX_ROWS
+    x = torch.randn(2, DECODE_MAX_ROWS // 2 + 1, K)  # more rows than DECODE_MAX_ROWS
     expected = F.linear(x, layer.dequantize(), layer.bias)
     assert torch.allclose(layer(x), expected, rtol=1e-5, atol=1e-5)
 
@@ -219,13 +220,10 @@ def test_int4_groups_from_linear(group_size):
     per = group_size // 32
     assert (layer.scales[:, :per] == layer.scales[:, :1]).all()
     w = linear.weight.detach()
-    scale = layer.scales.float().repeat_interleave(32, dim=1)
-    low = layer.mins.float().repeat_interleave(32, dim=1)
-    error = (layer.dequantize() - w).abs()
-    # half a step, plus the fp16 rounding of the stored min and scale at the ends of the range
-    assert (error <= 0.5 * scale * 1.02 + low.abs() * 1e-3 + 1e-7).all()
-    # Gaussian weights: step ≈ 4σ/15, rms error step/√12 ≈ 8% (a little more for longer groups)
-    assert rel_error(layer.dequantize(), w) < 0.12
+    # Gaussian weights, min/max ranges: step ≈ 4σ/15, rms error step/√12 ≈ 8% (a little
+    # more for longer groups); the least-squares range fit (whole groups) must do better.
+    bound = 0.12 if group_size == 128 else 0.075
+    assert rel_error(layer.dequantize(), w) < bound
     x = torch.randn(5, 576)
     assert rel_error(layer(x), linear(x)) < 0.13
 
