@@ -40,16 +40,20 @@ def build_ours(shape: dict, compile_model: bool):
     model = Transformer(cfg).train()
     optimizer = make_optimizer(model, TrainConfig(), torch.device("cpu"))
     forward = torch.compile(model) if compile_model else model
+    return model, make_step(model, optimizer, lambda x, y: forward(x, y)[1])
 
+
+def make_step(model, optimizer, loss_of):
+    """One optimizer step, the same for both models: loss, backward, clip, AdamW."""
     def step(x, y):
-        _, loss = forward(x, y)
+        loss = loss_of(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss.item()
 
-    return model, step
+    return step
 
 
 def build_hf(shape: dict, compile_model: bool):
@@ -63,16 +67,8 @@ def build_hf(shape: dict, compile_model: bool):
     model = GPT2LMHeadModel(cfg).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
     forward = torch.compile(model) if compile_model else model
-
-    def step(x, y):
-        loss = forward(input_ids=x, labels=x).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.item()
-
-    return model, step
+    # labels=x: transformers shifts the labels itself
+    return model, make_step(model, optimizer, lambda x, y: forward(input_ids=x, labels=x).loss)
 
 
 def time_steps(step, batches) -> float:
