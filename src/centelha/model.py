@@ -98,17 +98,20 @@ def llama3_scaled(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
 
 
 def rope_tables(inv_freq: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin for positions 0…length-1, shape (length, head_dim), in float64."""
+    """cos and signed sin for positions 0…length-1, shape (length, head_dim), in float64.
+
+    The sin table carries the rotation's sign (−sin on the first half, +sin on the second),
+    so `apply_rope` needs one roll instead of a split, a negation and a concatenation.
+    """
     angles = torch.outer(torch.arange(length, dtype=torch.float64), inv_freq.double())
-    angles = torch.cat([angles, angles], dim=-1)
-    return angles.cos(), angles.sin()
+    return torch.cat([angles, angles], dim=-1).cos(), torch.cat([-angles, angles], dim=-1).sin()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs (i, i + d/2) of x (B, H, T, D) by their position's angle."""
-    first, second = x.chunk(2, dim=-1)
-    rotated = torch.cat([-second, first], dim=-1)
-    return x * cos + rotated * sin
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs (i, i + d/2) of x (..., D) by their position's angle (the tables
+    broadcast over x: (T, 1, D) for x laid out (B, T, heads, D)). Pair (a, b) becomes
+    (a·cos − b·sin, b·cos + a·sin): rolling x by d/2 brings each partner into place."""
+    return x * cos + torch.roll(x, x.shape[-1] // 2, dims=-1) * signed_sin
 
 
 class RMSNorm(nn.Module):
@@ -167,14 +170,15 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, step: Step) -> torch.Tensor:
         cfg = self.cfg
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.view(B, T, cfg.n_head, cfg.head_dim).transpose(1, 2)
-        k = k.view(B, T, cfg.n_kv_head, cfg.head_dim).transpose(1, 2)
-        v = v.view(B, T, cfg.n_kv_head, cfg.head_dim).transpose(1, 2)
+        heads = self.qkv(x).view(B, T, cfg.n_head + 2 * cfg.n_kv_head, cfg.head_dim)
+        qk, v = heads.split([cfg.n_head + cfg.n_kv_head, cfg.n_kv_head], dim=2)
         if cfg.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
-        if step.rope is not None:
-            q, k = apply_rope(q, *step.rope), apply_rope(k, *step.rope)
+            q, k = qk.split([cfg.n_head, cfg.n_kv_head], dim=2)
+            qk = torch.cat([self.q_norm(q), self.k_norm(k)], dim=2)
+        if step.rope is not None:  # queries and keys rotate together: one set of ops
+            qk = apply_rope(qk, *step.rope)
+        q, k = (t.transpose(1, 2) for t in qk.split([cfg.n_head, cfg.n_kv_head], dim=2))
+        v = v.transpose(1, 2)
         if step.cache is not None:
             k, v = self.remember(k, v, step)
         if step.cache is not None and T <= DECODE_TOKENS and not step.causal:
@@ -228,11 +232,15 @@ class Block(nn.Module):
         self.attn = Attention(cfg, layer)
         self.norm2 = make_norm(cfg, cfg.d_model)
         self.mlp = MLP(cfg)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = cfg.dropout
 
     def forward(self, x: torch.Tensor, step: Step) -> torch.Tensor:
-        x = x + self.dropout(self.attn(self.norm1(x), step))
-        return x + self.dropout(self.mlp(self.norm2(x)))
+        x = x + self.drop(self.attn(self.norm1(x), step))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+    def drop(self, x: torch.Tensor) -> torch.Tensor:
+        # a module call per use costs microseconds per layer in decode: only when it acts
+        return F.dropout(x, self.dropout, True) if self.training and self.dropout else x
 
 
 class Transformer(nn.Module):
@@ -343,7 +351,11 @@ class Transformer(nn.Module):
             if T > self.cfg.block_size:
                 raise CentelhaError(f"sequence of {T} tokens is longer than the context "
                                     f"({self.cfg.block_size} tokens)")
-            return Step(causal=T > 1, rope=self.rope(0, T) if self.cfg.pos == "rope" else None)
+            step = Step(causal=T > 1)
+            if self.cfg.pos == "rope":
+                cos, sin = self.rope(0, T)
+                step.rope = (cos[:, None], sin[:, None])
+            return step
         rows = rows if rows is not None else slice(0, B)
         starts = cache.lengths[rows]
         if len(starts) != B:
@@ -359,7 +371,8 @@ class Transformer(nn.Module):
                 # new queries see every cached position and the causal part of their block
                 step.mask = torch.ones(T, keys, dtype=torch.bool, device=device).tril(start)
             if self.cfg.pos == "rope":
-                step.rope = self.rope(start, T)
+                cos, sin = self.rope(start, T)
+                step.rope = (cos[:, None], sin[:, None])  # (T, 1, D): over (B, T, heads, D)
             return step
         first = torch.tensor(starts, device=device)[:, None]
         positions = first + torch.arange(T, device=device)
@@ -367,7 +380,7 @@ class Transformer(nn.Module):
         step = Step(cache, rows, None, positions, keys, mask[:, None], causal=False)
         if self.cfg.pos == "rope":
             cos, sin = self.rope(0, keys)
-            step.rope = (cos[positions][:, None], sin[positions][:, None])
+            step.rope = (cos[positions][:, :, None], sin[positions][:, :, None])  # (B, T, 1, D)
         return step
 
 def count_parameters(model: Transformer, trainable_only: bool = False) -> int:
