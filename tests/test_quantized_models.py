@@ -70,3 +70,10 @@ def test_gguf_q4_1_blocks_loaded_as_they_are_equal_the_dequantized_path():
     assert {m.method for _, m in layers} == {"int4", "int8"}  # Q4_1 blocks, Q8_0 head
     for name, layer in layers:
         assert torch.equal(layer.dequantize(), dense.get_submodule(name).weight)
+
+
+def test_parameter_count_is_the_same_after_quantization(checkpoint):
+    from centelha.model import count_parameters
+
+    dense = load_model(checkpoint)[0]
+    assert count_parameters(load_model(checkpoint, dtype="int4")[0]) == count_parameters(dense)

@@ -34,8 +34,6 @@ from centelha.model import Transformer
 from centelha.tokenizer import Tokenizer
 
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
-# written beside them when the tokenizer has a chat template or BOS/EOS settings
-OPTIONAL_FILES = ("tokenizer_config.json",)
 STATE_DIR = "state"
 
 

@@ -229,9 +229,9 @@ def eval_perplexity(
     from centelha.data import normalize, read_text
     from centelha.evaluate import perplexity
 
-    net, tokenizer, _ = load_model(model, dtype=dtype)
     if not text.is_file():
         raise CentelhaError(f"text file not found: {text}")
+    net, tokenizer, _ = load_model(model, dtype=dtype)
     result = perplexity(net, tokenizer, normalize(read_text(text)), window, stride, max_tokens)
     console.print(f"perplexity {result.perplexity:.3f} ({result.nll:.4f} nats/token, "
                   f"{result.tokens:,} tokens)")

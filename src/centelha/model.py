@@ -384,8 +384,17 @@ class Transformer(nn.Module):
         return step
 
 def count_parameters(model: Transformer, trainable_only: bool = False) -> int:
-    """Distinct parameters (a tied embedding counts once)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+    """Distinct parameters (a tied embedding counts once). Quantized layers (which hold
+    their weights as buffers) count as the float layers they replace, and are not
+    trainable."""
+    total = sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+    if trainable_only:
+        return total
+    for name, module in model.named_modules():
+        if hasattr(module, "qweight") and not (name == "lm_head" and model.cfg.tie_embeddings):
+            bias = module.out_features if module.bias is not None else 0
+            total += module.in_features * module.out_features + bias
+    return total
 
 
 def matmul_parameters(cfg: ModelConfig) -> int:
