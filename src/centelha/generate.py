@@ -116,32 +116,17 @@ def make_generator(seed: int | None) -> torch.Generator:
     return generator
 
 
-@torch.inference_mode()
 def generate_ids(model: Transformer, prompt_ids: list[int], cfg: SamplingConfig,
                  stop_ids: set[int] | frozenset = frozenset()) -> Iterator[int]:
     """Yield new token ids one at a time: the prompt is prefilled once, then each step
-    feeds only the newest token through the model, reading the rest from the KV cache."""
-    context = model.cfg.block_size
-    if not prompt_ids:
-        raise CentelhaError("the prompt is empty")
-    if len(prompt_ids) >= context:
-        raise CentelhaError(f"the prompt is {len(prompt_ids)} tokens long; this model's context "
-                            f"holds {context}, leaving no room to generate")
-    budget = min(cfg.max_new_tokens, context - len(prompt_ids))
-    device = model.tok_emb.weight.device
-    generator = make_generator(cfg.seed)
-    cache = model.new_cache(1, len(prompt_ids) + budget)
-    seen = torch.tensor(prompt_ids, dtype=torch.long)
-    tokens = torch.tensor([prompt_ids], dtype=torch.long, device=device)
-    for _ in range(budget):
-        logits = model(tokens, cache=cache, last_only=True)[0, -1].cpu()
-        token = choose_token(process_logits(logits, seen, cfg), cfg, generator)
-        yield token
-        if token in stop_ids:
-            return
-        if cfg.repetition_penalty != 1.0:
-            seen = torch.cat([seen, torch.tensor([token])])
-        tokens = torch.tensor([[token]], dtype=torch.long, device=device)
+    feeds only the newest token through the model, reading the rest from the KV cache.
+    This is the engine's single-request path, with a cache just long enough for it."""
+    from centelha.engine import Engine, Request  # the engine samples with this module
+
+    length = len(prompt_ids) + max(1, cfg.max_new_tokens)
+    engine = Engine(model, max_batch=1, max_len=min(model.cfg.block_size, length))
+    for token in engine.stream(Request(list(prompt_ids), cfg, frozenset(stop_ids))):
+        yield token.token
 
 
 def _held_back(text: str, stops: list[str]) -> int:
