@@ -13,6 +13,11 @@ Design choices a reader should know:
   second half), the layout of Hugging Face checkpoints.
 - The KV cache is preallocated for the whole context: decoding writes into it in place,
   so shapes never change from one step to the next.
+- Inference in float32 on the CPU uses centelha's C++ kernels (`centelha.kernels`) for
+  the small operations where PyTorch's per-call cost dominates: RMSNorm, the SwiGLU gate,
+  and, for one new token per row, everything from rotary embedding to attention over the
+  cache (`Step.fused`). The PyTorch code beside each call is the reference they are tested
+  against, and the path used for training, other dtypes, GPUs, or without a compiler.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from torch import nn
 
 from centelha.config import ModelConfig
 from centelha.errors import CentelhaError
+from centelha.kernels import load_kernels
 
 
 class KVCache:
@@ -67,6 +73,9 @@ class Step:
     mask: torch.Tensor | None = None
     causal: bool = True
     rope: tuple[torch.Tensor, torch.Tensor] | None = None
+    fused: object | None = None      # the kernels module, when one C++ call does attention
+    new_positions: torch.Tensor | None = None  # (B,) int64, for `fused`
+    rope_rows: tuple[torch.Tensor, torch.Tensor] | None = None  # (B or 1, D), for `fused`
 
 
 def rope_inverse_frequencies(cfg: ModelConfig) -> torch.Tensor:
@@ -114,6 +123,16 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> 
     return x * cos + torch.roll(x, x.shape[-1] // 2, dims=-1) * signed_sin
 
 
+def inference_kernels(x: torch.Tensor, *params: torch.Tensor):
+    """The C++ kernels module when an operation on `x` and `params` can use it (float32 on
+    the CPU, no gradient to record), else None."""
+    if x.dtype != torch.float32 or x.device.type != "cpu":
+        return None
+    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+        return None
+    return load_kernels()
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -121,6 +140,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kernels = inference_kernels(x, self.weight)
+        if kernels is not None:
+            return kernels.rms_norm(x.contiguous(), self.weight, self.eps)
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
@@ -171,10 +193,15 @@ class Attention(nn.Module):
         cfg = self.cfg
         B, T, _ = x.shape
         heads = self.qkv(x).view(B, T, cfg.n_head + 2 * cfg.n_kv_head, cfg.head_dim)
+        if step.fused is not None and not cfg.qk_norm:
+            return self.proj(self.attend_fused(heads.view(B, -1, cfg.head_dim), step))
         qk, v = heads.split([cfg.n_head + cfg.n_kv_head, cfg.n_kv_head], dim=2)
         if cfg.qk_norm:
             q, k = qk.split([cfg.n_head, cfg.n_kv_head], dim=2)
             qk = torch.cat([self.q_norm(q), self.k_norm(k)], dim=2)
+            if step.fused is not None:
+                heads = torch.cat([qk, v], dim=2).view(B, -1, cfg.head_dim)
+                return self.proj(self.attend_fused(heads, step))
         if step.rope is not None:  # queries and keys rotate together: one set of ops
             qk = apply_rope(qk, *step.rope)
         q, k = (t.transpose(1, 2) for t in qk.split([cfg.n_head, cfg.n_kv_head], dim=2))
@@ -192,6 +219,15 @@ class Attention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, self.q_size)
         return self.proj(y)
 
+    def attend_fused(self, heads: torch.Tensor, step: Step) -> torch.Tensor:
+        """The C++ kernel's version of the path above for one new token per row: rotary,
+        cache write and attention in one call. Returns (B, 1, q_size)."""
+        cos, sin = step.rope_rows
+        y = step.fused.attend_one(heads, cos, sin, step.cache.k, step.cache.v, self.layer,
+                                  step.rows.start, step.new_positions, self.cfg.n_head,
+                                  self.cfg.n_kv_head)
+        return y.view(heads.shape[0], 1, self.q_size)
+
     def remember(self, k: torch.Tensor, v: torch.Tensor, step: Step):
         """Write the new keys/values into the cache; return all the keys/values to attend."""
         cache_k = step.cache.k[self.layer, step.rows]
@@ -204,7 +240,10 @@ class Attention(nn.Module):
             rows = torch.arange(k.shape[0], device=k.device)[:, None]
             cache_k[rows, :, step.positions] = k.transpose(1, 2)
             cache_v[rows, :, step.positions] = v.transpose(1, 2)
-        return cache_k[:, :, :step.keys], cache_v[:, :, :step.keys]
+        cache_k, cache_v = cache_k[:, :, :step.keys], cache_v[:, :, :step.keys]
+        if cache_k.dtype != k.dtype:  # a float16 cache under float32 activations
+            return cache_k.to(k.dtype), cache_v.to(k.dtype)
+        return cache_k, cache_v
 
 
 class MLP(nn.Module):
@@ -217,7 +256,10 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc_in(x)
-        if self.swiglu:
+        kernels = inference_kernels(h) if self.swiglu else None
+        if kernels is not None:
+            h = kernels.swiglu(h)
+        elif self.swiglu:
             gate, up = h.chunk(2, dim=-1)
             h = F.silu(gate) * up
         else:
@@ -307,10 +349,14 @@ class Transformer(nn.Module):
             self._rope_tables = cos, sin = (cos.to(weight), sin.to(weight))
         return cos[start:start + length], sin[start:start + length]
 
-    def new_cache(self, batch: int = 1, max_len: int | None = None) -> KVCache:
+    def new_cache(self, batch: int = 1, max_len: int | None = None,
+                  dtype: torch.dtype | None = None) -> KVCache:
+        """A cache for `batch` rows of `max_len` positions, in the model's dtype unless
+        `dtype` says otherwise (float16 halves the memory and what decode reads per token)."""
         max_len = max_len or self.cfg.block_size
         p = self.tok_emb.weight
-        return KVCache(self.cfg, batch, min(max_len, self.cfg.block_size), p.dtype, p.device)
+        return KVCache(self.cfg, batch, min(max_len, self.cfg.block_size), dtype or p.dtype,
+                       p.device)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 cache: KVCache | None = None, last_only: bool = False,
@@ -373,7 +419,7 @@ class Transformer(nn.Module):
             if self.cfg.pos == "rope":
                 cos, sin = self.rope(start, T)
                 step.rope = (cos[:, None], sin[:, None])  # (T, 1, D): over (B, T, heads, D)
-            return step
+            return self.maybe_fused(step, T, starts)
         first = torch.tensor(starts, device=device)[:, None]
         positions = first + torch.arange(T, device=device)
         mask = torch.arange(keys, device=device) <= positions[:, :, None]  # (B, T, keys)
@@ -381,6 +427,22 @@ class Transformer(nn.Module):
         if self.cfg.pos == "rope":
             cos, sin = self.rope(0, keys)
             step.rope = (cos[positions][:, :, None], sin[positions][:, :, None])  # (B, T, 1, D)
+        return self.maybe_fused(step, T, starts)
+
+    def maybe_fused(self, step: Step, T: int, starts: list[int]) -> Step:
+        """One new token per row, on a float32 CPU cache: attention goes through the C++
+        kernel, which needs each row's new position."""
+        cache = step.cache
+        if T == 1 and not torch.is_grad_enabled() and cache.k.device.type == "cpu" \
+                and cache.k.dtype in (torch.float32, torch.float16) \
+                and self.tok_emb.weight.dtype == torch.float32:
+            step.fused = load_kernels()
+        if step.fused is not None:
+            step.new_positions = torch.tensor(starts, dtype=torch.long)
+            D = self.cfg.head_dim
+            empty = step.cache.k.new_empty(0)
+            step.rope_rows = tuple(t.reshape(-1, D) for t in step.rope) if step.rope \
+                else (empty, empty)
         return step
 
 def count_parameters(model: Transformer, trainable_only: bool = False) -> int:

@@ -1,10 +1,12 @@
 """centelha's own CPU kernels: a small C++ extension, compiled on first use.
 
 `lowbit.cpp` multiplies float32 activations by Q8/Q4 block-quantized weights with integer
-dot products (see `centelha.quant` for the formats and the layers that use it). It is built
-here, at first use, by `torch.utils.cpp_extension.load` (g++ and ninja), rather than shipped
-compiled, because it is compiled for *this* processor (`-march=native`: AVX2, AVX-VNNI or
-AVX-512 VNNI as available) and against *this* torch.
+dot products (see `centelha.quant` for the formats and the layers that use it);
+`decode.cpp` does a decode step's small operations in one call each (attention over the KV
+cache with rotary embedding and the cache write, RMSNorm, SwiGLU; see `centelha.model`).
+Both go into one extension, built here at first use by `torch.utils.cpp_extension.load`
+(g++ and ninja) rather than shipped compiled, because it is compiled for *this* processor
+(`-march=native`: AVX2, AVX-VNNI or AVX-512 VNNI as available) and against *this* torch.
 
 Design choices a reader should know:
 - Never fatal. Anything that goes wrong while building or loading (no compiler, no ninja, a
@@ -42,7 +44,7 @@ from types import ModuleType
 
 import torch
 
-SOURCE = Path(__file__).with_name("lowbit.cpp")
+SOURCES = [Path(__file__).with_name(name) for name in ("lowbit.cpp", "decode.cpp")]
 _X86 = {"x86_64", "amd64", "i386", "i686", "x86"}
 
 # os.environ's raw dict (bytes keys on POSIX): a lookup there costs a tenth of os.environ.get,
@@ -152,7 +154,7 @@ def _cpu_fingerprint() -> str:
 
 
 def _build_name(flags: list[str]) -> str:
-    digest = hashlib.sha256(SOURCE.read_bytes())
+    digest = hashlib.sha256(b"".join(source.read_bytes() for source in SOURCES))
     for part in (*flags, torch.__version__, sys.version, _cpu_fingerprint()):
         digest.update(b"\0" + part.encode())
     return f"centelha_lowbit_{digest.hexdigest()[:16]}"
@@ -169,7 +171,8 @@ def _build(flags: list[str]) -> ModuleType:
         _state["build_dir"] = str(build_dir)
     verbose = os.environ.get("CENTELHA_KERNEL_VERBOSE", "") not in ("", "0")
     ldflags = ["-fopenmp"] if "-fopenmp" in flags else []
-    return cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=flags,
+    sources = [str(source) for source in SOURCES]
+    return cpp_extension.load(name=name, sources=sources, extra_cflags=flags,
                               extra_ldflags=ldflags, build_directory=str(build_dir),
                               verbose=verbose)
 
@@ -195,3 +198,13 @@ def _self_test(module: ModuleType) -> None:
     w8 = q8.view(N, -1, 32).float() * scales.float()[..., None]
     if not torch.equal(module.q8_dequantize(q8, scales), w8.view(N, K)):
         raise RuntimeError("self-test failed: Q8 dequantization")
+    h = torch.randn(M, 2 * K, generator=gen)
+    gate, up = h.chunk(2, dim=-1)
+    weight = torch.randn(K, generator=gen)
+    for got, expected, what in (
+        (module.swiglu(h), torch.nn.functional.silu(gate) * up, "SwiGLU"),
+        (module.rms_norm(x, weight, 1e-6), torch.nn.functional.rms_norm(x, (K,), weight, 1e-6),
+         "RMSNorm"),
+    ):
+        if not torch.allclose(got, expected, rtol=1e-4, atol=1e-5):
+            raise RuntimeError(f"self-test failed: {what}")

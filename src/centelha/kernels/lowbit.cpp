@@ -654,8 +654,10 @@ const char* simd() {
 
 }  // namespace
 
+void add_decode_ops(pybind11::module_& m);  // decode.cpp
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "centelha low-bit (Q8/Q4 block) matrix-vector kernels";
+  m.doc() = "centelha's CPU kernels: low-bit (Q8/Q4 block) matrix products, decode steps";
   // The GIL is released while a kernel runs, so a server's other Python threads keep going.
   const auto nogil = py::call_guard<py::gil_scoped_release>();
   m.def("q8_matmul", &q8_matmul, "x [..., K] f32 · Q8 weight [N, K] → [..., N] f32", nogil);
@@ -663,4 +665,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("q8_dequantize", &q8_dequantize, "Q8 blocks → float32 [N, K]", nogil);
   m.def("q4_dequantize", &q4_dequantize, "Q4 blocks → float32 [N, K]", nogil);
   m.def("simd", &simd, "the instruction set this build multiplies with");
+  add_decode_ops(m);
 }
