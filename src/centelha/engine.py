@@ -35,6 +35,8 @@ class Request:
     prompt_ids: list[int]
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     stop_ids: frozenset[int] = frozenset()
+    # None: no log-probabilities; k ≥ 0: each token's, and the k most likely alternatives'
+    logprobs: int | None = None
     id: int = field(default_factory=itertools.count().__next__)
 
 
@@ -45,6 +47,7 @@ class Active:
     budget: int
     generator: torch.Generator
     seen: torch.Tensor
+    counts: torch.Tensor | None = None  # generated tokens per vocabulary entry, if needed
     last_token: int = -1
     produced: int = 0
     finish_reason: str | None = None
@@ -55,8 +58,22 @@ class Token:
     """One step's result for one request."""
     request_id: int
     token: int
-    logits: torch.Tensor | None  # processed logits it was drawn from (for log-probs)
+    logits: torch.Tensor | None  # processed logits it was drawn from (keep_logits)
     finish_reason: str | None    # "stop" | "length" | None while it goes on
+    # With Request.logprobs: the model's log-probability of this token (before any sampling
+    # setting: what the model believes), and the most likely tokens' [(id, logprob), …].
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] | None = None
+
+
+def log_probabilities(logits: torch.Tensor, token: int,
+                      top: int) -> tuple[float, list[tuple[int, float]]]:
+    """log p(token) under the model, and the `top` most likely (id, log p), best first."""
+    logp = torch.log_softmax(logits, dim=-1)
+    if top <= 0:
+        return float(logp[token]), []
+    best = torch.topk(logp, min(top, logp.numel()))
+    return float(logp[token]), list(zip(best.indices.tolist(), best.values.tolist(), strict=True))
 
 
 class Engine:
@@ -126,12 +143,20 @@ class Engine:
 
     def emit(self, state: Active, logits: torch.Tensor) -> Token:
         sampling = state.request.sampling
-        processed = process_logits(logits.float().cpu(), state.seen, sampling)
+        logits = logits.float().cpu()
+        processed = process_logits(logits, state.seen, sampling, state.counts)
         token = choose_token(processed, sampling, state.generator)
         state.last_token = token
         state.produced += 1
         if sampling.repetition_penalty != 1.0:
             state.seen = torch.cat([state.seen, torch.tensor([token])])
+        if sampling.counts_tokens:
+            if state.counts is None:
+                state.counts = torch.zeros(logits.shape[-1])
+            state.counts[token] += 1
+        logprob = top = None
+        if state.request.logprobs is not None:
+            logprob, top = log_probabilities(logits, token, state.request.logprobs)
         if token in state.request.stop_ids:
             state.finish_reason = "stop"
         elif state.produced >= state.budget:
@@ -139,7 +164,7 @@ class Engine:
         if state.finish_reason:
             self.remove(state.request.id)
         return Token(state.request.id, token, processed if self.keep_logits else None,
-                     state.finish_reason)
+                     state.finish_reason, logprob, top)
 
     # -- leaving ------------------------------------------------------------------------
     def remove(self, request_id: int) -> None:

@@ -28,6 +28,8 @@ class SamplingConfig:
     top_p: float | None = None
     min_p: float | None = None
     repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0     # OpenAI's: subtracted once from every generated token
+    frequency_penalty: float = 0.0    # … and this much per time it was generated
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
 
@@ -44,6 +46,14 @@ class SamplingConfig:
                 raise CentelhaError(f"{name} must be in (0, 1], not {value}")
         if self.repetition_penalty <= 0:
             raise CentelhaError("repetition_penalty must be positive")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                raise CentelhaError(f"{name} must be between -2 and 2")
+
+    @property
+    def counts_tokens(self) -> bool:
+        """Whether sampling needs how often each token was generated."""
+        return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
 
 
 # -- logits processors (each takes and returns a 1-D logits vector) ------------------------
@@ -56,6 +66,15 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor,
     picked = logits[seen]
     logits[seen] = torch.where(picked > 0, picked / penalty, picked * penalty)
     return logits
+
+
+def apply_openai_penalties(logits: torch.Tensor, counts: torch.Tensor | None,
+                           presence: float, frequency: float) -> torch.Tensor:
+    """OpenAI's presence and frequency penalties over the tokens generated so far (not the
+    prompt, as vLLM does): logit − presence·[count > 0] − frequency·count."""
+    if counts is None or (presence == 0.0 and frequency == 0.0):
+        return logits
+    return logits - presence * (counts > 0).to(logits.dtype) - frequency * counts.to(logits.dtype)
 
 
 def filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -84,8 +103,12 @@ def filter_min_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(probs < p * probs.max(), float("-inf"))
 
 
-def process_logits(logits: torch.Tensor, seen: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
+def process_logits(logits: torch.Tensor, seen: torch.Tensor, cfg: SamplingConfig,
+                   counts: torch.Tensor | None = None) -> torch.Tensor:
+    """`seen`: prompt and generated ids (repetition penalty); `counts`: how often each
+    vocabulary entry was generated (presence/frequency penalties)."""
     logits = apply_repetition_penalty(logits.float(), seen, cfg.repetition_penalty)
+    logits = apply_openai_penalties(logits, counts, cfg.presence_penalty, cfg.frequency_penalty)
     if cfg.temperature == 0:
         return logits
     logits = logits / cfg.temperature
@@ -149,27 +172,58 @@ def prompt_ids(tokenizer: Tokenizer, prompt: str, special: bool = False) -> list
     return ids
 
 
+class TextStream:
+    """Token ids in, text out, for one generation: `push` returns the text a token makes
+    final, holding back what could still become a stop string, and reports when a stop
+    token or stop string ends the text (the stop itself is not part of it)."""
+
+    def __init__(self, tokenizer: Tokenizer, stop: list[str] = ()):
+        self.tokenizer = tokenizer
+        self.stops = [s for s in stop if s]
+        self.decoder = tokenizer.stream_decoder()
+        self.pending = ""
+        self.stopped = False
+        self.last_piece = ""  # the text the last token completed, before any holding back
+
+    def push(self, token: int) -> str:
+        self.last_piece = ""
+        if self.stopped:
+            return ""
+        if token in self.tokenizer.stop_ids:
+            self.stopped = True
+            return self.finish()
+        self.last_piece = self.decoder.push(token)
+        self.pending += self.last_piece
+        hits = [self.pending.find(s) for s in self.stops if s in self.pending]
+        if hits:
+            self.stopped = True
+            text, self.pending = self.pending[:min(hits)], ""
+            return text
+        keep = _held_back(self.pending, self.stops)
+        cut = len(self.pending) - keep
+        text, self.pending = self.pending[:cut], self.pending[cut:]
+        return text
+
+    def finish(self) -> str:
+        """What is left when the generation ends without a stop string."""
+        text = self.pending + self.decoder.flush()
+        self.pending = ""
+        return text
+
+
 def stream_text(tokenizer: Tokenizer, tokens: Iterator[int], stop: list[str]) -> Iterator[str]:
     """Decode a token stream into text pieces, ending at a stop token or stop string.
     The stop string itself is not part of the output."""
-    stops = [s for s in stop if s]
-    decoder = tokenizer.stream_decoder()
-    pending = ""
+    text = TextStream(tokenizer, stop)
     for token in tokens:
-        if token in tokenizer.stop_ids:
-            break
-        pending += decoder.push(token)
-        hits = [pending.find(s) for s in stops if s in pending]
-        if hits:
-            yield pending[:min(hits)]
+        piece = text.push(token)
+        if piece:
+            yield piece
+        if text.stopped:
             return
-        keep = _held_back(pending, stops)
-        if len(pending) > keep:
-            yield pending[:len(pending) - keep]
-            pending = pending[len(pending) - keep:]
-    pending += decoder.flush()
-    if pending:
-        yield pending
+    rest = text.finish()
+    if rest:
+        yield rest
 
 
 def generate(model: Transformer, tokenizer: Tokenizer, prompt: str,

@@ -1,0 +1,462 @@
+"""The HTTP server: OpenAI's chat and completions API over the scheduler, and the web UI.
+
+`create_app(models, ...)` returns a FastAPI app serving one or more loaded models, each with
+its own engine and scheduler (continuous batching). `centelha serve` runs it with uvicorn.
+
+Routes: `GET /health`, `GET /v1/models`, `GET /v1/models/{id}`, `POST /v1/chat/completions`,
+`POST /v1/completions`, and the web chat at `/` (static files, no build step).
+
+Design choices a reader should know:
+- Handlers only translate: they validate (`protocol`), turn messages into prompt ids
+  (chat template in a sandbox), submit one engine request per choice (`n`), and turn the
+  tokens that come back into OpenAI's JSON or server-sent events.
+- Text is assembled per choice by `generate.TextStream`: a stop string found in the text
+  ends that choice at once (its request is cancelled, its row freed) and is not returned.
+- A streaming client that disconnects cancels the response task (Starlette listens for
+  the disconnect); the `finally` below cancels its requests. A non-streaming one is
+  polled for while it waits.
+- Log-probabilities are the model's own (a log-softmax of the raw logits, before
+  temperature and penalties), so "look inside" shows what the model believed. Each token's
+  `token` text is the text that token completes (a character split over two tokens shows on
+  the second), so a reply's tokens add up to its text.
+- Presence and frequency penalties count generated tokens only (the convention of vLLM).
+- Every failure is OpenAI's error object with a fitting status: 400 invalid, 401 key,
+  404 unknown model or route, 405 method, 413 body too large, 503 queue full, 500 a bug.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from centelha.api import LLM
+from centelha.engine import Engine, Token
+from centelha.engine import Request as EngineRequest
+from centelha.errors import CentelhaError
+from centelha.generate import SamplingConfig, TextStream, prompt_ids
+from centelha.serve.protocol import APIError, ChatRequest, CompletionRequest, Sampling, parse
+from centelha.serve.scheduler import Error, QueueFull, Scheduler
+
+STATIC = Path(__file__).with_name("static")
+DEFAULT_MAX_BODY = 1 << 20  # 1 MiB of JSON is ~250k tokens of text: far past any context
+
+
+@dataclass
+class Served:
+    """A model the server offers: its tokenizer, engine and scheduler."""
+    name: str
+    llm: LLM
+    scheduler: Scheduler
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def context(self) -> int:
+        return self.scheduler.engine.context
+
+    def card(self) -> dict:
+        return {"id": self.name, "object": "model", "created": self.created,
+                "owned_by": "centelha", "context_length": self.context}
+
+
+def serve_model(llm: LLM, name: str, max_batch: int = 8, max_queue: int = 32) -> Served:
+    engine = Engine(llm.model, max_batch=max_batch, max_len=llm.max_context)
+    return Served(name, llm, Scheduler(engine, max_queue))
+
+
+# -- one choice of one request ----------------------------------------------------------------
+@dataclass
+class Choice:
+    index: int
+    request: EngineRequest
+    text: TextStream
+    tokens: int = 0
+    finish_reason: str | None = None
+
+
+@dataclass
+class Event:
+    """What one choice gained from one token: text, log-prob entries, maybe its end."""
+    index: int
+    text: str
+    logprobs: list[dict]
+    finish_reason: str | None
+    tokens: int  # the choice's tokens so far (usage)
+
+
+class ClientGone(Exception):
+    pass
+
+
+async def run_choices(served: Served, ids: list[int], params: Sampling, logprobs: int | None,
+                      http: Request | None) -> AsyncIterator[Event]:
+    """Submit `params.n` requests for `ids` and yield their events as tokens arrive.
+    `http`: poll that client for a disconnect (non-streaming responses)."""
+    tokenizer = served.llm.tokenizer
+    room = served.context - len(ids)
+    budget = min(params.limit() or room, room)
+    choices = []
+    for i in range(params.n):
+        seed = None if params.seed is None else params.seed + i
+        sampling = SamplingConfig(max_new_tokens=budget, temperature=params.temperature,
+                                  top_p=params.top_p if params.top_p < 1.0 else None,
+                                  presence_penalty=params.presence_penalty,
+                                  frequency_penalty=params.frequency_penalty, seed=seed)
+        request = EngineRequest(ids, sampling, frozenset(tokenizer.stop_ids), logprobs)
+        choices.append(Choice(i, request, TextStream(tokenizer, params.stops())))
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Token | Error] = asyncio.Queue()
+
+    def deliver(item: Token | Error) -> None:  # on the scheduler's thread
+        loop.call_soon_threadsafe(queue.put_nowait, item)
+
+    by_id = {c.request.id: c for c in choices}
+    try:
+        for choice in choices:
+            served.scheduler.submit(choice.request, deliver)
+        remaining = len(choices)
+        while remaining:
+            item = await next_item(queue, http)
+            choice = by_id.get(item.request_id)
+            if choice is None or choice.finish_reason is not None:
+                continue
+            if isinstance(item, Error):
+                raise APIError(500, item.message, type="server_error")
+            event = advance(choice, item, tokenizer, logprobs)
+            if event.finish_reason is not None:
+                remaining -= 1
+                served.scheduler.cancel(choice.request.id)  # a stop string: free the row now
+            if event.text or event.logprobs or event.finish_reason:
+                yield event
+    except QueueFull as e:
+        raise APIError(503, str(e), type="server_error", code="server_busy") from None
+    finally:
+        for choice in choices:
+            if choice.finish_reason is None:
+                served.scheduler.cancel(choice.request.id)
+
+
+async def next_item(queue: asyncio.Queue, http: Request | None) -> Token | Error:
+    if http is None:
+        return await queue.get()
+    while True:
+        try:
+            return await asyncio.wait_for(queue.get(), timeout=0.25)
+        except TimeoutError:
+            if await http.is_disconnected():
+                raise ClientGone from None
+
+
+def advance(choice: Choice, token: Token, tokenizer, logprobs: int | None) -> Event:
+    """Fold one token into its choice: text, log-probs, and whether the choice ended."""
+    choice.tokens += 1
+    is_stop_token = token.token in tokenizer.stop_ids
+    text = choice.text.push(token.token) if token.token >= 0 else ""
+    entries = []
+    if logprobs is not None and token.logprob is not None and not is_stop_token:
+        entries.append(logprob_entry(tokenizer, token, choice.text.last_piece))
+    if choice.text.stopped:
+        choice.finish_reason = "stop"
+    elif token.finish_reason is not None:
+        choice.finish_reason = token.finish_reason
+        text += choice.text.finish()
+    return Event(choice.index, text, entries, choice.finish_reason, choice.tokens)
+
+
+def token_text(tokenizer, token_id: int) -> str:
+    return tokenizer.token_bytes[token_id].decode("utf-8", errors="replace")
+
+
+def logprob_entry(tokenizer, token: Token, text: str) -> dict:
+    return {
+        "token": text,
+        "logprob": token.logprob,
+        "bytes": list(tokenizer.token_bytes[token.token]),
+        "top_logprobs": [{"token": token_text(tokenizer, i), "logprob": lp,
+                          "bytes": list(tokenizer.token_bytes[i])}
+                         for i, lp in token.top_logprobs or []],
+    }
+
+
+# -- building prompts ---------------------------------------------------------------------------
+def chat_ids(served: Served, request: ChatRequest) -> list[int]:
+    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                for m in request.messages]
+    llm = served.llm
+    try:
+        text = llm.chat_prompt(messages)
+    except CentelhaError as e:
+        raise APIError(400, str(e), param="messages") from None
+    return checked(served, prompt_ids(llm.tokenizer, text, special=True))
+
+
+def completion_ids(served: Served, request: CompletionRequest) -> list[int]:
+    prompt = request.prompt
+    tokenizer = served.llm.tokenizer
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
+        if any(not 0 <= i < tokenizer.vocab_size for i in prompt):
+            raise APIError(400, f"prompt token ids must be in 0…{tokenizer.vocab_size - 1}",
+                           param="prompt")
+        return checked(served, list(prompt))
+    text = prompt[0] if isinstance(prompt, list) else prompt
+    if not text:
+        raise APIError(400, "the prompt is empty", param="prompt")
+    return checked(served, prompt_ids(tokenizer, text))
+
+
+def checked(served: Served, ids: list[int]) -> list[int]:
+    if len(ids) >= served.context:
+        raise APIError(400, f"the prompt is {len(ids)} tokens long and this model's context "
+                            f"holds {served.context}: shorten it to leave room for the reply",
+                       param="messages", code="context_length_exceeded")
+    return ids
+
+
+# -- responses ---------------------------------------------------------------------------------
+def usage(prompt: int, completion: int) -> dict:
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion}
+
+
+def sse(payload: dict | str) -> str:
+    return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
+
+
+async def chat_response(served: Served, request: ChatRequest, http: Request):
+    ids = chat_ids(served, request)
+    logprobs = (request.top_logprobs or 0) if request.logprobs else None
+    rid, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
+    head = {"id": rid, "created": created, "model": served.name}
+    if request.stream:
+        events = run_choices(served, ids, request, logprobs, None)
+        first = await first_event(events)
+        return StreamingResponse(chat_chunks(head, request, ids, first, events),
+                                 media_type="text/event-stream")
+    texts, entries, reasons, counts = await collect(served, ids, request, logprobs, http)
+    choices = [{"index": i, "message": {"role": "assistant", "content": texts[i]},
+                "logprobs": {"content": entries[i]} if logprobs is not None else None,
+                "finish_reason": reasons[i]} for i in range(request.n)]
+    return {**head, "object": "chat.completion", "choices": choices,
+            "usage": usage(len(ids), sum(counts))}
+
+
+async def completion_response(served: Served, request: CompletionRequest, http: Request):
+    ids = completion_ids(served, request)
+    logprobs = request.logprobs
+    rid, created = f"cmpl-{secrets.token_hex(12)}", int(time.time())
+    head = {"id": rid, "created": created, "model": served.name}
+    if request.stream:
+        events = run_choices(served, ids, request, logprobs, None)
+        first = await first_event(events)
+        return StreamingResponse(completion_chunks(head, request, ids, first, events),
+                                 media_type="text/event-stream")
+    texts, entries, reasons, counts = await collect(served, ids, request, logprobs, http)
+    choices = [{"index": i, "text": texts[i], "finish_reason": reasons[i],
+                "logprobs": legacy_logprobs(entries[i]) if logprobs is not None else None}
+               for i in range(request.n)]
+    return {**head, "object": "text_completion", "choices": choices,
+            "usage": usage(len(ids), sum(counts))}
+
+
+async def first_event(events: AsyncIterator[Event]) -> Event | None:
+    """The first event, awaited before the response starts, so that a full queue or a
+    failure is still an HTTP error status rather than an error inside a 200 stream."""
+    try:
+        return await events.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+async def collect(served: Served, ids: list[int], params: Sampling, logprobs: int | None,
+                  http: Request) -> tuple[list[str], list[list[dict]], list[str], list[int]]:
+    n = params.n
+    texts, entries = [""] * n, [[] for _ in range(n)]
+    reasons, counts = ["length"] * n, [0] * n
+    async for event in run_choices(served, ids, params, logprobs, http):
+        texts[event.index] += event.text
+        entries[event.index] += event.logprobs
+        counts[event.index] = event.tokens
+        if event.finish_reason:
+            reasons[event.index] = event.finish_reason
+    return texts, entries, reasons, counts
+
+
+def legacy_logprobs(entries: list[dict]) -> dict:
+    """The completions endpoint's older log-prob layout."""
+    offsets, at = [], 0
+    for e in entries:
+        offsets.append(at)
+        at += len(e["token"])
+    return {"tokens": [e["token"] for e in entries],
+            "token_logprobs": [e["logprob"] for e in entries],
+            "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]}
+                             for e in entries],
+            "text_offset": offsets}
+
+
+async def chat_chunks(head: dict, request: ChatRequest, ids: list[int], first: Event | None,
+                      events: AsyncIterator[Event]) -> AsyncIterator[str]:
+    head = {**head, "object": "chat.completion.chunk"}
+    include_usage = bool(request.stream_options and request.stream_options.include_usage)
+    extra = {"usage": None} if include_usage else {}
+    for i in range(request.n):
+        yield sse({**head, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
+                                        "logprobs": None, "finish_reason": None}], **extra})
+
+    def chunk(event: Event) -> dict:
+        delta = {"content": event.text} if event.text else {}
+        logprobs = {"content": event.logprobs} if event.logprobs else None
+        return {**head, "choices": [{"index": event.index, "delta": delta, "logprobs": logprobs,
+                                     "finish_reason": event.finish_reason}], **extra}
+
+    counts = [0] * request.n
+    async for payload in stream_events(first, events, chunk, counts):
+        yield payload
+    if include_usage:
+        yield sse({**head, "choices": [], "usage": usage(len(ids), sum(counts))})
+    yield sse("[DONE]")
+
+
+async def completion_chunks(head: dict, request: CompletionRequest, ids: list[int],
+                            first: Event | None,
+                            events: AsyncIterator[Event]) -> AsyncIterator[str]:
+    head = {**head, "object": "text_completion"}
+    include_usage = bool(request.stream_options and request.stream_options.include_usage)
+    extra = {"usage": None} if include_usage else {}
+
+    def chunk(event: Event) -> dict:
+        logprobs = legacy_logprobs(event.logprobs) if request.logprobs is not None else None
+        return {**head, "choices": [{"index": event.index, "text": event.text,
+                                     "logprobs": logprobs,
+                                     "finish_reason": event.finish_reason}], **extra}
+
+    counts = [0] * request.n
+    async for payload in stream_events(first, events, chunk, counts):
+        yield payload
+    if include_usage:
+        yield sse({**head, "choices": [], "usage": usage(len(ids), sum(counts))})
+    yield sse("[DONE]")
+
+
+async def stream_events(first: Event | None, events: AsyncIterator[Event], chunk,
+                        counts: list[int]) -> AsyncIterator[str]:
+    """Server-sent events for every event, keeping each choice's token count in `counts`;
+    an error after the stream began becomes an error event (the status is already sent)."""
+    try:
+        pending = [first] if first is not None else []
+        for event in pending:
+            counts[event.index] = event.tokens
+            yield sse(chunk(event))
+        async for event in events:
+            counts[event.index] = event.tokens
+            yield sse(chunk(event))
+    except APIError as e:
+        yield sse(e.body())
+
+
+# -- the app -------------------------------------------------------------------------------------
+def create_app(models: list[Served], api_key: str | None = None,
+               max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
+    app = FastAPI(title="centelha", docs_url=None, redoc_url=None, openapi_url=None)
+    by_name = {m.name: m for m in models}
+    app.state.models = by_name
+
+    def error(e: APIError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
+        return JSONResponse(e.body(), status_code=e.status, headers=headers)
+
+    @app.exception_handler(APIError)
+    async def api_error(_: Request, e: APIError) -> JSONResponse:
+        return error(e)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
+        kinds = {404: "not_found_error", 405: "invalid_request_error"}
+        return error(APIError(e.status_code, str(e.detail), kinds.get(e.status_code,
+                                                                        "invalid_request_error")))
+
+    @app.exception_handler(Exception)
+    async def bug(_: Request, e: Exception) -> JSONResponse:
+        return error(APIError(500, f"internal error: {type(e).__name__}", type="server_error"))
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        """API key on /v1, and the body size limit, before any handler reads the body."""
+        try:
+            if request.url.path.startswith("/v1"):
+                check_key(request, api_key)
+            if request.method == "POST":
+                await read_limited(request, max_body)
+        except APIError as e:
+            return error(e)
+        return await call_next(request)
+
+    def model_for(name: str) -> Served:
+        if name not in by_name:
+            raise APIError(404, f"the model {name!r} does not exist here (models: "
+                                f"{', '.join(by_name)})", param="model", code="model_not_found")
+        return by_name[name]
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "models": [{"id": m.name, "active": m.scheduler.active,
+                                            "queued": m.scheduler.queued} for m in models]}
+
+    @app.get("/v1/models")
+    async def list_models() -> dict:
+        return {"object": "list", "data": [m.card() for m in models]}
+
+    @app.get("/v1/models/{name:path}")
+    async def one_model(name: str) -> dict:
+        return model_for(name).card()
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = parse(ChatRequest, await request.body())
+        return await chat_response(model_for(body.model), body, request)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        body = parse(CompletionRequest, await request.body())
+        return await completion_response(model_for(body.model), body, request)
+
+    @app.get("/")
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def check_key(request: Request, api_key: str | None) -> None:
+    if api_key is None:
+        return
+    given = request.headers.get("authorization", "")
+    scheme, _, token = given.partition(" ")
+    if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip(), api_key):
+        raise APIError(401, "a valid API key is needed: Authorization: Bearer <key>",
+                       type="authentication_error", code="invalid_api_key")
+
+
+async def read_limited(request: Request, limit: int) -> None:
+    """Read the body (it is cached on the request for the handler), refusing it with 413 as
+    soon as it passes `limit` bytes, whatever Content-Length claims."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise APIError(413, f"the request body is larger than {limit} bytes")
+    size, chunks = 0, []
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise APIError(413, f"the request body is larger than {limit} bytes")
+        chunks.append(chunk)
+    request._body = b"".join(chunks)

@@ -1,0 +1,54 @@
+"""Load the models and run the app under uvicorn: what `centelha serve` does.
+
+Binds 127.0.0.1 unless told otherwise: a model server answers anyone who can reach it,
+so exposing it on a network is a decision the user makes with `--host`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from centelha.api import DEFAULT_CONTEXT, load
+from centelha.errors import CentelhaError
+from centelha.registry import entries
+from centelha.serve.app import DEFAULT_MAX_BODY, Served, create_app, serve_model
+
+
+def model_name(source: str) -> str:
+    """The id clients use: a registry name as given, else the file or folder's name."""
+    if source in entries():
+        return source
+    path = Path(source)
+    return path.stem if path.suffix.lower() == ".gguf" else path.name or source
+
+
+def load_served(sources: list[str], dtype: str = "fp32", max_batch: int = 8,
+                max_queue: int = 32, max_context: int = DEFAULT_CONTEXT) -> list[Served]:
+    if max_batch < 1 or max_queue < 0:
+        raise CentelhaError("--max-batch must be at least 1 and --max-queue at least 0")
+    served, names = [], set()
+    for source in sources:
+        name = model_name(source)
+        if name in names:
+            raise CentelhaError(f"two models would both be called {name!r}")
+        names.add(name)
+        llm = load(source, dtype=dtype, max_context=max_context)
+        served.append(serve_model(llm, name, max_batch=max_batch, max_queue=max_queue))
+    return served
+
+
+def run(sources: list[str], host: str = "127.0.0.1", port: int = 8000,
+        api_key: str | None = None, dtype: str = "fp32", max_batch: int = 8,
+        max_queue: int = 32, max_context: int = DEFAULT_CONTEXT,
+        max_body: int = DEFAULT_MAX_BODY, on_ready=None) -> None:
+    import uvicorn
+
+    served = load_served(sources, dtype, max_batch, max_queue, max_context)
+    app = create_app(served, api_key=api_key, max_body=max_body)
+    if on_ready is not None:
+        on_ready(served)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        for model in served:
+            model.scheduler.close()
