@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -68,9 +69,12 @@ class Served:
                 "owned_by": "centelha", "context_length": self.context}
 
 
-def serve_model(llm: LLM, name: str, max_batch: int = 8, max_queue: int = 32) -> Served:
+def serve_model(llm: LLM, name: str, max_batch: int = 8, max_queue: int = 32,
+                thread: bool = True, wake: threading.Condition | None = None) -> Served:
+    """`llm` behind its own engine and scheduler; `thread=False` leaves the scheduler to be
+    driven by the caller (`scheduler.drive`), as `centelha serve` does from the main thread."""
     engine = Engine(llm.model, max_batch=max_batch, max_len=llm.max_context)
-    return Served(name, llm, Scheduler(engine, max_queue))
+    return Served(name, llm, Scheduler(engine, max_queue, thread=thread, wake=wake))
 
 
 # -- one choice of one request ----------------------------------------------------------------

@@ -7,7 +7,7 @@ step for every active row, hand each new token to its request's callback. A requ
 or leaves the running batch between any two steps.
 
 Design choices a reader should know:
-- Only the worker thread calls the engine, so the engine needs no locking against the
+- Only the worker (`drive`) calls the engine, so the engine needs no locking against the
   server; `cancel` only records the wish, and the worker acts on it before its next step,
   so a disconnected client's row is free for the next request at once.
 - The waiting line is bounded (`max_queue`): past it `submit` raises `QueueFull`, and the
@@ -44,18 +44,25 @@ Callback = Callable[[Token | Error], None]
 
 
 class Scheduler:
-    def __init__(self, engine: Engine, max_queue: int = 32):
+    """`thread=True` starts a worker thread for this scheduler; with False the caller drives
+    it (`drive`), as `centelha serve` does from the main thread (see `drive`)."""
+
+    def __init__(self, engine: Engine, max_queue: int = 32, thread: bool = True,
+                 wake: threading.Condition | None = None):
         self.engine = engine
         self.max_queue = max_queue
         self.waiting: deque[tuple[Request, Callback]] = deque()
         self.callbacks: dict[int, Callback] = {}
         self.cancelled: set[int] = set()
-        self.wake = threading.Condition()
+        self.wake = wake or threading.Condition()  # shared by schedulers driven together
         self.running = True
         self.steps = 0  # decode steps run (for tests and metrics)
         self.peak = 0   # the most requests decoded together in one step
-        self.thread = threading.Thread(target=self.loop, name="centelha-scheduler", daemon=True)
-        self.thread.start()
+        self.thread = None
+        if thread:
+            self.thread = threading.Thread(target=drive, args=([self],), daemon=True,
+                                           name="centelha-scheduler")
+            self.thread.start()
 
     # -- what the server calls (any thread) ---------------------------------------------
     def submit(self, request: Request, callback: Callback) -> None:
@@ -65,19 +72,20 @@ class Scheduler:
             if len(self.waiting) >= self.max_queue:
                 raise QueueFull(f"the server is busy: {len(self.waiting)} requests are waiting")
             self.waiting.append((request, callback))
-            self.wake.notify()
+            self.wake.notify_all()
 
     def cancel(self, request_id: int) -> None:
         """Stop a request (its client went away, or a stop string ended it)."""
         with self.wake:
             self.cancelled.add(request_id)
-            self.wake.notify()
+            self.wake.notify_all()
 
     def close(self) -> None:
         with self.wake:
             self.running = False
-            self.wake.notify()
-        self.thread.join(timeout=10)
+            self.wake.notify_all()
+        if self.thread is not None:
+            self.thread.join(timeout=10)
 
     @property
     def active(self) -> int:
@@ -87,30 +95,29 @@ class Scheduler:
     def queued(self) -> int:
         return len(self.waiting)
 
-    # -- the worker thread ----------------------------------------------------------------
-    def loop(self) -> None:
-        while True:
-            with self.wake:
-                while self.running and not self.waiting and not self.engine.active \
-                        and not self.cancelled:
-                    self.wake.wait()
-                if not self.running:
-                    return
-                cancelled, self.cancelled = self.cancelled, set()
-                self.waiting = deque(w for w in self.waiting if w[0].id not in cancelled)
-            for request_id in cancelled:
-                self.engine.remove(request_id)
-                self.callbacks.pop(request_id, None)
-            try:
-                self.admit()
-                if self.engine.active:
-                    self.peak = max(self.peak, len(self.engine.active))
-                    tokens = self.engine.step()
-                    self.steps += 1
-                    for token in tokens:
-                        self.deliver(token)
-            except Exception as e:  # noqa: BLE001 - a bug must fail its requests, not the server
-                self.fail_all(f"internal error: {type(e).__name__}: {e}")
+    # -- the worker ---------------------------------------------------------------------
+    @property
+    def idle(self) -> bool:
+        return not (self.waiting or self.engine.active or self.cancelled)
+
+    def run_once(self) -> None:
+        """Drop cancelled requests, admit waiting ones, decode one step."""
+        with self.wake:
+            cancelled, self.cancelled = self.cancelled, set()
+            self.waiting = deque(w for w in self.waiting if w[0].id not in cancelled)
+        for request_id in cancelled:
+            self.engine.remove(request_id)
+            self.callbacks.pop(request_id, None)
+        try:
+            self.admit()
+            if self.engine.active:
+                self.peak = max(self.peak, len(self.engine.active))
+                tokens = self.engine.step()
+                self.steps += 1
+                for token in tokens:
+                    self.deliver(token)
+        except Exception as e:  # noqa: BLE001 - a bug must fail its requests, not the server
+            self.fail_all(f"internal error: {type(e).__name__}: {e}")
 
     def fail_all(self, message: str) -> None:
         for state in list(self.engine.active):
@@ -147,3 +154,24 @@ class Scheduler:
         if token.finish_reason is not None:
             del self.callbacks[token.request_id]
         callback(token)
+
+
+def drive(schedulers: list[Scheduler]) -> None:
+    """Run `schedulers` (sharing one `wake` condition) in this thread until all are closed,
+    sleeping while none has work.
+
+    `centelha serve` calls this from the main thread, with the HTTP server in another: on
+    Linux, OpenMP parallel regions (the C++ kernels' threads) started from a thread other
+    than the process's first one stop spin-waiting between regions, and a decode step of
+    SmolLM2 at int4 went from ~5.5 ms to ~14 ms that way (docs/LOG.md, 2026-11-23)."""
+    wake = schedulers[0].wake
+    while True:
+        with wake:
+            while all(s.idle or not s.running for s in schedulers) \
+                    and any(s.running for s in schedulers):
+                wake.wait()
+            if not any(s.running for s in schedulers):
+                return
+        for scheduler in schedulers:
+            if scheduler.running and not scheduler.idle:
+                scheduler.run_once()
