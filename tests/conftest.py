@@ -18,6 +18,29 @@ torch.set_num_threads(2)
 PYTHON = sys.executable
 
 
+@pytest.fixture(scope="session")
+def kernels():
+    """The compiled C++ kernels; skipped only where they cannot be built (on an x86 machine
+    with a compiler and ninja a failed build fails the test instead)."""
+    import platform
+    import shutil
+
+    from centelha.kernels import kernel_info, kernels_disabled, load_kernels
+
+    if kernels_disabled():
+        pytest.skip("CENTELHA_NO_KERNELS is set")
+    module = load_kernels()
+    if module is None:
+        from torch.utils.cpp_extension import is_ninja_available
+
+        buildable = (platform.machine().lower() in ("x86_64", "amd64")
+                     and shutil.which("c++") is not None and is_ninja_available())
+        if buildable:
+            pytest.fail(f"the kernels should build here but did not: {kernel_info()['error']}")
+        pytest.skip("no compiler/ninja or not x86: pure-PyTorch path only")
+    return module
+
+
 def tiny_config(family: str = "gpt2", **overrides) -> ModelConfig:
     values = dict(family=family, vocab_size=97, block_size=32, n_layer=2, n_head=4, d_model=32)
     if family == "llama":

@@ -16,18 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from centelha.config import ModelConfig
-from centelha.kernels import kernels_disabled, load_kernels
 from centelha.model import Transformer, apply_rope, rope_inverse_frequencies, rope_tables
-
-
-@pytest.fixture(scope="module")
-def kernels():
-    if kernels_disabled():
-        pytest.skip("CENTELHA_NO_KERNELS is set")
-    module = load_kernels()
-    if module is None:
-        pytest.fail("the kernels did not build on this machine")
-    return module
 
 
 def reference_attention(q, k_cache, v_cache, positions):

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import copy
 import json
-import platform
-import shutil
 
 import numpy as np
 import pytest
@@ -30,7 +28,7 @@ from torch import nn
 
 from centelha.config import ModelConfig
 from centelha.errors import CentelhaError
-from centelha.kernels import kernel_info, kernels_disabled, load_kernels
+from centelha.kernels import load_kernels
 from centelha.model import Transformer
 from centelha.quant import (
     DECODE_MAX_ROWS,
@@ -50,23 +48,6 @@ N, K = 67, 32 * 19
 
 def rel_error(got: torch.Tensor, ref: torch.Tensor) -> float:
     return ((got.double() - ref.double()).norm() / ref.double().norm()).item()
-
-
-@pytest.fixture(scope="module")
-def kernels():
-    """The compiled kernels; skipped only where they cannot be built."""
-    if kernels_disabled():
-        pytest.skip("CENTELHA_NO_KERNELS is set")
-    module = load_kernels()
-    if module is None:
-        from torch.utils.cpp_extension import is_ninja_available
-
-        buildable = (platform.machine().lower() in ("x86_64", "amd64")
-                     and shutil.which("c++") is not None and is_ninja_available())
-        if buildable:
-            pytest.fail(f"the kernels should build here but did not: {kernel_info()['error']}")
-        pytest.skip("no compiler/ninja or not x86: pure-PyTorch path only")
-    return module
 
 
 def random_q8(n: int, k: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

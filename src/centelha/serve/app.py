@@ -236,38 +236,54 @@ def sse(payload: dict | str) -> str:
 
 
 async def chat_response(served: Served, request: ChatRequest, http: Request):
-    ids = chat_ids(served, request)
     logprobs = (request.top_logprobs or 0) if request.logprobs else None
-    rid, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
-    head = {"id": rid, "created": created, "model": served.name}
-    if request.stream:
-        events = run_choices(served, ids, request, logprobs, None)
-        first = await first_event(events)
-        return StreamingResponse(chat_chunks(head, request, ids, first, events),
-                                 media_type="text/event-stream")
-    texts, entries, reasons, counts = await collect(served, ids, request, logprobs, http)
-    choices = [{"index": i, "message": {"role": "assistant", "content": texts[i]},
-                "logprobs": {"content": entries[i]} if logprobs is not None else None,
-                "finish_reason": reasons[i]} for i in range(request.n)]
-    return {**head, "object": "chat.completion", "choices": choices,
-            "usage": usage(len(ids), sum(counts))}
+
+    def choice(i: int, text: str, entries: list[dict], reason: str) -> dict:
+        return {"index": i, "message": {"role": "assistant", "content": text},
+                "logprobs": {"content": entries} if logprobs is not None else None,
+                "finish_reason": reason}
+
+    def chunk(event: Event) -> dict:
+        return {"index": event.index, "delta": {"content": event.text} if event.text else {},
+                "logprobs": {"content": event.logprobs} if event.logprobs else None,
+                "finish_reason": event.finish_reason}
+
+    opening = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                "finish_reason": None} for i in range(request.n)]
+    return await respond(served, request, http, chat_ids(served, request), logprobs,
+                         "chatcmpl", "chat.completion", choice, chunk, opening)
 
 
 async def completion_response(served: Served, request: CompletionRequest, http: Request):
-    ids = completion_ids(served, request)
     logprobs = request.logprobs
-    rid, created = f"cmpl-{secrets.token_hex(12)}", int(time.time())
-    head = {"id": rid, "created": created, "model": served.name}
+
+    def choice(i: int, text: str, entries: list[dict], reason: str) -> dict:
+        return {"index": i, "text": text, "finish_reason": reason,
+                "logprobs": legacy_logprobs(entries) if logprobs is not None else None}
+
+    def chunk(event: Event) -> dict:
+        return choice(event.index, event.text, event.logprobs, event.finish_reason)
+
+    return await respond(served, request, http, completion_ids(served, request), logprobs,
+                         "cmpl", "text_completion", choice, chunk, [])
+
+
+async def respond(served: Served, request: Sampling, http: Request, ids: list[int],
+                  logprobs: int | None, prefix: str, kind: str, choice, chunk, opening):
+    """The whole JSON reply (`choice` makes each choice), or the event stream (`chunk`
+    makes each event's choice, after the `opening` ones)."""
+    head = {"id": f"{prefix}-{secrets.token_hex(12)}", "created": int(time.time()),
+            "model": served.name}
     if request.stream:
         events = run_choices(served, ids, request, logprobs, None)
         first = await first_event(events)
-        return StreamingResponse(completion_chunks(head, request, ids, first, events),
-                                 media_type="text/event-stream")
+        chunk_kind = "chat.completion.chunk" if kind == "chat.completion" else kind
+        stream = event_stream({**head, "object": chunk_kind}, request, len(ids), first, events,
+                              chunk, opening)
+        return StreamingResponse(stream, media_type="text/event-stream")
     texts, entries, reasons, counts = await collect(served, ids, request, logprobs, http)
-    choices = [{"index": i, "text": texts[i], "finish_reason": reasons[i],
-                "logprobs": legacy_logprobs(entries[i]) if logprobs is not None else None}
-               for i in range(request.n)]
-    return {**head, "object": "text_completion", "choices": choices,
+    return {**head, "object": kind,
+            "choices": [choice(i, texts[i], entries[i], reasons[i]) for i in range(request.n)],
             "usage": usage(len(ids), sum(counts))}
 
 
@@ -307,64 +323,30 @@ def legacy_logprobs(entries: list[dict]) -> dict:
             "text_offset": offsets}
 
 
-async def chat_chunks(head: dict, request: ChatRequest, ids: list[int], first: Event | None,
-                      events: AsyncIterator[Event]) -> AsyncIterator[str]:
-    head = {**head, "object": "chat.completion.chunk"}
+async def event_stream(head: dict, request: Sampling, prompt_tokens: int, first: Event | None,
+                       events: AsyncIterator[Event], chunk, opening: list[dict]
+                       ) -> AsyncIterator[str]:
+    """Server-sent events: the opening choices, one chunk per event, usage if asked, then
+    `[DONE]`. An error after the stream began becomes an error event (the status line is
+    already sent)."""
     include_usage = bool(request.stream_options and request.stream_options.include_usage)
     extra = {"usage": None} if include_usage else {}
-    for i in range(request.n):
-        yield sse({**head, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
-                                        "logprobs": None, "finish_reason": None}], **extra})
-
-    def chunk(event: Event) -> dict:
-        delta = {"content": event.text} if event.text else {}
-        logprobs = {"content": event.logprobs} if event.logprobs else None
-        return {**head, "choices": [{"index": event.index, "delta": delta, "logprobs": logprobs,
-                                     "finish_reason": event.finish_reason}], **extra}
-
+    for choice in opening:
+        yield sse({**head, "choices": [choice], **extra})
     counts = [0] * request.n
-    async for payload in stream_events(first, events, chunk, counts):
-        yield payload
-    if include_usage:
-        yield sse({**head, "choices": [], "usage": usage(len(ids), sum(counts))})
-    yield sse("[DONE]")
-
-
-async def completion_chunks(head: dict, request: CompletionRequest, ids: list[int],
-                            first: Event | None,
-                            events: AsyncIterator[Event]) -> AsyncIterator[str]:
-    head = {**head, "object": "text_completion"}
-    include_usage = bool(request.stream_options and request.stream_options.include_usage)
-    extra = {"usage": None} if include_usage else {}
-
-    def chunk(event: Event) -> dict:
-        logprobs = legacy_logprobs(event.logprobs) if request.logprobs is not None else None
-        return {**head, "choices": [{"index": event.index, "text": event.text,
-                                     "logprobs": logprobs,
-                                     "finish_reason": event.finish_reason}], **extra}
-
-    counts = [0] * request.n
-    async for payload in stream_events(first, events, chunk, counts):
-        yield payload
-    if include_usage:
-        yield sse({**head, "choices": [], "usage": usage(len(ids), sum(counts))})
-    yield sse("[DONE]")
-
-
-async def stream_events(first: Event | None, events: AsyncIterator[Event], chunk,
-                        counts: list[int]) -> AsyncIterator[str]:
-    """Server-sent events for every event, keeping each choice's token count in `counts`;
-    an error after the stream began becomes an error event (the status is already sent)."""
     try:
         pending = [first] if first is not None else []
         for event in pending:
             counts[event.index] = event.tokens
-            yield sse(chunk(event))
+            yield sse({**head, "choices": [chunk(event)], **extra})
         async for event in events:
             counts[event.index] = event.tokens
-            yield sse(chunk(event))
+            yield sse({**head, "choices": [chunk(event)], **extra})
     except APIError as e:
         yield sse(e.body())
+    if include_usage:
+        yield sse({**head, "choices": [], "usage": usage(prompt_tokens, sum(counts))})
+    yield sse("[DONE]")
 
 
 # -- the app -------------------------------------------------------------------------------------
