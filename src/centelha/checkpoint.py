@@ -35,6 +35,7 @@ from centelha.tokenizer import Tokenizer
 
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 STATE_DIR = "state"
+SHARDED = "sharded"  # torch.distributed.checkpoint shards inside a state (FSDP runs)
 
 
 # -- small atomic-file helpers ------------------------------------------------------------
@@ -78,8 +79,12 @@ def atomic_write_text(path: Path, text: str) -> None:
 # -- model weights ------------------------------------------------------------------------
 def model_tensors(model: Transformer) -> dict[str, torch.Tensor]:
     """State dict for safetensors: contiguous, and a tied LM head stored once."""
-    state = model.state_dict()
-    if model.cfg.tie_embeddings:
+    return tensors_for_file(model.state_dict(), model.cfg)
+
+
+def tensors_for_file(state: dict[str, torch.Tensor], cfg) -> dict[str, torch.Tensor]:
+    state = dict(state)
+    if cfg.tie_embeddings:
         state.pop("lm_head.weight", None)
     return {k: v.detach().contiguous() for k, v in state.items()}
 
@@ -183,21 +188,34 @@ def latest_state(run_dir: str | Path) -> Path | None:
 
 
 def save_training_state(run_dir: str | Path, step: int, model: Transformer,
-                        optimizer: torch.optim.Optimizer, tokenizer: Tokenizer,
-                        tensors: dict[str, torch.Tensor], info: dict,
-                        keep: int = 1) -> Path:
-    """Write state/step_NNNNNNN atomically, publish the model files, drop older states."""
+                        optimizer: torch.optim.Optimizer | dict | None, tokenizer: Tokenizer,
+                        tensors: dict[str, torch.Tensor], info: dict, keep: int = 1,
+                        weights: dict[str, torch.Tensor] | None = None,
+                        sharded: Path | None = None) -> Path:
+    """Write state/step_NNNNNNN atomically, publish the model files, drop older states.
+
+    `weights` replaces the model's own tensors (a sharded model's, gathered), `optimizer`
+    may be an optimizer, its state dict, or None when `sharded` holds it: a folder written
+    by torch.distributed.checkpoint, moved into the state as `sharded/` before the rename
+    that makes the state exist."""
     run_dir = Path(run_dir)
     root = run_dir / STATE_DIR
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
-    opt_tensors, opt_plain = _flatten_optimizer(optimizer.state_dict())
-    save_file(model_tensors(model), str(tmp / "model.safetensors"))
+    if isinstance(optimizer, torch.optim.Optimizer):
+        optimizer = optimizer.state_dict()
+    opt_tensors, opt_plain = _flatten_optimizer(optimizer) if optimizer else ({}, None)
+    weights = model_tensors(model) if weights is None else tensors_for_file(weights, model.cfg)
+    save_file(weights, str(tmp / "model.safetensors"))
     save_file({**opt_tensors, **tensors}, str(tmp / "train_state.safetensors"))
     (tmp / "train_state.json").write_text(
         json.dumps({"step": step, "optimizer": opt_plain, **info}, indent=2) + "\n")
     for file in tmp.iterdir():
         _fsync_file(file)
+    if sharded is not None:
+        os.replace(sharded, tmp / SHARDED)
+        for file in (tmp / SHARDED).iterdir():
+            _fsync_file(file)
     _fsync_dir(tmp)
     final = root / f"step_{step:07d}"
     if final.exists():
@@ -225,16 +243,20 @@ def publish_model(run_dir: Path, weights: Path, model: Transformer, tokenizer: T
     atomic_write(run_dir / "model.safetensors", link_or_copy)
 
 
-def load_training_state(state_dir: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
-    """(model tensors, optimizer state dict, info with step and saved tensors) of a state."""
+def load_training_state(state_dir: Path) -> tuple[dict[str, torch.Tensor], dict | None, dict]:
+    """(model tensors, optimizer state dict, info with step and saved tensors) of a state.
+    A state written by a sharded run has no optimizer here: `info["sharded"]` is the folder
+    of its torch.distributed.checkpoint shards (model and optimizer)."""
     try:
         weights = load_file(str(state_dir / "model.safetensors"))
         tensors = load_file(str(state_dir / "train_state.safetensors"))
         info = json.loads((state_dir / "train_state.json").read_text())
     except (SafetensorError, OSError, ValueError) as e:
         raise CentelhaError(f"training state {state_dir} is unreadable ({e})") from None
-    optimizer = _unflatten_optimizer(tensors, info.pop("optimizer"))
+    plain = info.pop("optimizer")
+    optimizer = _unflatten_optimizer(tensors, plain) if plain is not None else None
     info["tensors"] = {k: v for k, v in tensors.items() if not k.startswith("optimizer.")}
+    info["sharded"] = state_dir / SHARDED if (state_dir / SHARDED).is_dir() else None
     return weights, optimizer, info
 
 

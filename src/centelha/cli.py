@@ -11,6 +11,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from centelha.errors import CentelhaError
@@ -74,13 +75,20 @@ def train(
     compile: bool = typer.Option(None, "--compile/--no-compile", help="torch.compile the model"),
     set_: list[str] = typer.Option([], "--set", help="Override any key: train.lr=3e-4"),
     stop_after: int = typer.Option(None, help="Stop (checkpointed) after this many steps"),
+    strategy: str = typer.Option("ddp", help="Under torchrun: ddp (replicas) or fsdp (sharded)"),
 ) -> None:
-    """Pretrain a model by next-token prediction (or resume a run)."""
+    """Pretrain a model by next-token prediction (or resume a run); under torchrun, on
+    every process it starts."""
+    import os
+
     from centelha.train import load_run_config
     from centelha.train import train as run_training
 
+    if os.environ.get("RANK", "0") != "0":
+        console.quiet = True  # one voice: rank 0's
     if resume is not None:
-        result = run_training(None, resume, resume=True, stop_after=stop_after)
+        result = run_training(None, resume, resume=True, stop_after=stop_after,
+                              strategy=strategy)
     else:
         if config is None or data is None or out is None:
             raise CentelhaError("train needs --config, --data and --out (or --resume RUN_DIR)")
@@ -89,7 +97,7 @@ def train(
                  "compile": compile}
         overrides.update({f"train.{k}": v for k, v in flags.items() if v is not None})
         run_cfg = load_run_config(config, overrides)
-        result = run_training(data, out, run_cfg, stop_after=stop_after)
+        result = run_training(data, out, run_cfg, stop_after=stop_after, strategy=strategy)
     ppl = f"{result.val_perplexity:.2f}" if result.val_perplexity else "n/a"
     val = f"{result.val_loss:.4f}" if result.val_loss is not None else "n/a"
     console.print(f"step {result.step}: train loss {result.train_loss:.4f}, val loss {val} "
@@ -165,7 +173,7 @@ def chat(
                 sys.stdout.flush()
             sys.stdout.write("\n")
         except CentelhaError as e:
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
 
 
 @app.command()
@@ -355,7 +363,8 @@ def main() -> None:
     try:
         app()
     except CentelhaError as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False,
+                          soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         err_console.print("interrupted")

@@ -265,16 +265,18 @@ class TokenWindows:
     def _window(self, shard: int, offset: int) -> np.ndarray:
         return np.asarray(self.shards[shard][offset:offset + self.block_size + 1], dtype=np.int64)
 
-    def sample(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-        """A batch of windows at random places (the generator's state is the data position)."""
+    def sample(self, batch_size: int, generator: torch.Generator,
+               rows: slice | None = None) -> tuple[torch.Tensor, ...]:
+        """A batch of windows at random places (the generator's state is the data position).
+        `rows`: read only these of the batch_size windows drawn (a distributed rank's share;
+        the generator advances the same either way, so every rank stays in step)."""
         shards = torch.multinomial(self.weights, batch_size, replacement=True,
                                    generator=generator).tolist()
-        rows = []
+        places = []
         for shard in shards:
             high = int(self.weights[shard].item())
-            offset = int(torch.randint(high, (1,), generator=generator).item())
-            rows.append(self._window(shard, offset))
-        batch = torch.from_numpy(np.stack(rows))
+            places.append((shard, int(torch.randint(high, (1,), generator=generator).item())))
+        batch = torch.from_numpy(np.stack([self._window(*p) for p in places[rows or slice(None)]]))
         return batch[:, :-1], batch[:, 1:]
 
     def sequential(self, batch_size: int, max_batches: int | None = None

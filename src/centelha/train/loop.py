@@ -1,9 +1,11 @@
 """The training loop: pretraining by next-token prediction, resumable to the bit.
 
-One loop for every device: AdamW (fused where available), warmup + cosine schedule,
-gradient accumulation and clipping, bf16 autocast on CUDA, optional `torch.compile`,
-periodic evaluation (loss and perplexity on the val split), a JSONL log, a loss-curve
-PNG and atomic checkpoints (see `checkpoint.py`).
+One loop for every device and world size: AdamW (fused where available), warmup + cosine
+schedule, gradient accumulation and clipping, bf16 autocast and TF32 on CUDA, optional
+`torch.compile`, periodic evaluation (loss and perplexity on the val split), a JSONL log,
+a loss-curve PNG, atomic checkpoints (see `checkpoint.py`), and, under torchrun, DDP or
+FSDP2 across processes (see `distributed.py`). On a GPU whose peak is known, model FLOPs
+utilisation (MFU) is shown and logged.
 
 Exact resume is a design goal: the state holds the weights, the optimizer moments, the
 step, the global RNG and the data sampler's generator (the "data position"), and the
@@ -16,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +29,7 @@ import yaml
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from centelha.checkpoint import (
+    STATE_DIR,
     atomic_write_text,
     clean_partial_states,
     latest_state,
@@ -35,10 +39,21 @@ from centelha.checkpoint import (
 from centelha.config import ModelConfig
 from centelha.data import TokenWindows, load_meta
 from centelha.errors import CentelhaError
-from centelha.model import Transformer, count_parameters
+from centelha.model import Transformer, count_parameters, flops_per_token
 from centelha.tokenizer import Tokenizer
 from centelha.train.config import RunConfig, load_run_config
-from centelha.train.optim import learning_rate, make_optimizer
+from centelha.train.distributed import (
+    World,
+    full_weights,
+    join,
+    leave,
+    load_full,
+    load_sharded,
+    micro_step_context,
+    save_sharded,
+    wrap,
+)
+from centelha.train.optim import learning_rate, make_optimizer, param_names
 from centelha.train.plot import plot_loss
 
 RUN_FILE = "run.yaml"
@@ -72,18 +87,27 @@ def pick_device(name: str) -> torch.device:
 
 @torch.no_grad()
 def evaluate_loss(model: torch.nn.Module, windows: TokenWindows, batch_size: int,
-                  max_batches: int, device: torch.device, autocast) -> float:
-    """Mean next-token cross-entropy over the first `max_batches` val windows."""
+                  max_batches: int, device: torch.device, autocast,
+                  world: World | None = None) -> float:
+    """Mean next-token cross-entropy over the first `max_batches` batches of val windows.
+    In a world of N ranks a batch is N × batch_size windows, each rank scoring its share."""
+    world = world or World()
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
-    for x, y in windows.sequential(batch_size, max_batches):
+    totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, token count
+    for x, y in windows.sequential(batch_size * world.size, max_batches):
+        if world.distributed and len(y) < batch_size * world.size:
+            break  # a short last batch would leave some rank with nothing to score
+        rows = world.rows(batch_size) if world.distributed else slice(None)
+        x, y = x[rows], y[rows]
         with autocast():
             _, loss = model(x.to(device), y.to(device))
-        total += loss.item() * y.numel()
-        count += y.numel()
+        totals += torch.tensor([loss.item() * y.numel(), y.numel()], dtype=torch.float64,
+                               device=device)
+    if world.distributed:
+        torch.distributed.all_reduce(totals)
     model.train(was_training)
-    return total / max(1, count)
+    return float(totals[0] / totals[1].clamp(min=1))
 
 
 def read_log(path: Path, up_to_step: int | None = None) -> list[dict]:
@@ -100,10 +124,24 @@ def read_log(path: Path, up_to_step: int | None = None) -> list[dict]:
     return rows
 
 
+# Dense bf16 peak FLOP/s of GPUs, by a part of their name, for MFU.
+PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12,
+              "A10G": 70e12, "A10": 125e12, "4090": 165e12, "3090": 71e12}
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((flops for part, flops in PEAK_FLOPS.items() if part in name), None)
+
+
 class Run:
     """Everything one training run holds: model, optimizer, data, RNG, log."""
 
-    def __init__(self, run_cfg: RunConfig, data_dir: Path, run_dir: Path):
+    def __init__(self, run_cfg: RunConfig, data_dir: Path, run_dir: Path,
+                 world: World | None = None):
+        self.world = world = world or World()
         self.cfg = run_cfg.train
         self.run_cfg = run_cfg
         self.data_dir = data_dir
@@ -116,17 +154,26 @@ class Run:
             raise CentelhaError(f"model.vocab_size ({self.model_cfg.vocab_size}) is smaller than "
                                 f"the tokenizer's ({self.tokenizer.vocab_size})")
         self.device = pick_device(self.cfg.device)
+        if self.device.type == "cuda":
+            if world.distributed:
+                self.device = torch.device("cuda", world.local_rank)
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
         torch.manual_seed(self.cfg.seed)
         self.model = Transformer(self.model_cfg).to(self.device)
+        self.param_names = param_names(self.model)
+        self.wrapped = wrap(self.model, world, self.device)  # DDP, FSDP, or the model itself
         self.train_data = TokenWindows(data_dir, "train", self.model_cfg.block_size)
         self.val_data = TokenWindows(data_dir, "val", self.model_cfg.block_size)
-        self.optimizer = make_optimizer(self.model, self.cfg, self.device)
+        self.optimizer = make_optimizer(self.model, self.cfg, self.device,
+                                        fused=not world.sharded)
         self.sampler = torch.Generator().manual_seed(self.cfg.seed + 1)
         self.step = 0
-        self.forward = torch.compile(self.model) if self.cfg.compile else self.model
+        self.forward = torch.compile(self.wrapped) if self.cfg.compile else self.wrapped
         self.log_path = run_dir / LOG_FILE
+        self.peak = peak_flops(self.device)
 
     def autocast(self):
         if self.device.type == "cuda":
@@ -135,26 +182,62 @@ class Run:
 
     # -- state --------------------------------------------------------------------------
     def save(self) -> None:
+        """Write the training state (every rank takes part; rank 0 writes the files)."""
+        world = self.world
         tensors = {"rng.torch": torch.get_rng_state(), "rng.sampler": self.sampler.get_state()}
         if self.device.type == "cuda":
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
-        save_training_state(self.run_dir, self.step, self.model, self.optimizer, self.tokenizer,
-                            tensors, {"data_dir": str(self.data_dir)})
+        info = {"data_dir": str(self.data_dir), "world_size": world.size,
+                "batch_size": self.cfg.batch_size,
+                "strategy": world.strategy if world.distributed else "single"}
+        if world.sharded:
+            weights = full_weights(self.wrapped, world)  # the single-file model, gathered
+            shards = self.run_dir / STATE_DIR / f".tmp-sharded-{self.step:07d}"
+            if world.main:
+                shutil.rmtree(shards, ignore_errors=True)
+                shards.mkdir(parents=True)
+            world.barrier()
+            save_sharded(self.wrapped, self.optimizer, shards)
+            world.barrier()
+            if world.main:
+                save_training_state(self.run_dir, self.step, self.model, None, self.tokenizer,
+                                    tensors, info, weights=weights, sharded=shards)
+        elif world.main:
+            save_training_state(self.run_dir, self.step, self.model, self.optimizer,
+                                self.tokenizer, tensors, info)
+        world.barrier()
 
     def restore(self, state_dir: Path) -> None:
+        """Continue from a state written by any strategy and world size."""
         weights, optimizer, info = load_training_state(state_dir)
-        if self.model_cfg.tie_embeddings:
-            weights["lm_head.weight"] = weights["tok_emb.weight"]
-        self.model.load_state_dict(weights)
-        self.optimizer.load_state_dict(optimizer)
+        if info["sharded"] is not None:
+            load_sharded(self.wrapped, self.optimizer, info["sharded"])
+        else:
+            if self.model_cfg.tie_embeddings:
+                weights["lm_head.weight"] = weights["tok_emb.weight"]
+            load_full(self.wrapped, self.optimizer, self.world, weights, optimizer,
+                      self.param_names)
         self.step = info["step"]
+        self.keep_global_batch(info.get("batch_size", self.cfg.batch_size),
+                               info.get("world_size", 1))
         tensors = info["tensors"]
         torch.set_rng_state(tensors["rng.torch"])
         self.sampler.set_state(tensors["rng.sampler"])
         if "rng.cuda" in tensors and self.device.type == "cuda":
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
-        rows = read_log(self.log_path, up_to_step=self.step)
-        atomic_write_text(self.log_path, "".join(json.dumps(r) + "\n" for r in rows))
+        if self.world.main:
+            rows = read_log(self.log_path, up_to_step=self.step)
+            atomic_write_text(self.log_path, "".join(json.dumps(r) + "\n" for r in rows))
+        self.world.barrier()
+
+    def keep_global_batch(self, batch_size: int, world_size: int) -> None:
+        """A run resumed on a different number of ranks keeps its global batch (and so its
+        data order and loss curve): each rank's share is resized."""
+        sequences = batch_size * world_size
+        if sequences % self.world.size:
+            raise CentelhaError(f"this run's global batch of {sequences} sequences per "
+                                f"micro-step cannot be split over {self.world.size} ranks")
+        self.cfg.batch_size = sequences // self.world.size
 
     def log(self, row: dict) -> None:
         with open(self.log_path, "a") as f:
@@ -165,51 +248,67 @@ class Run:
         lr = learning_rate(self.step, self.cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        total = 0.0
-        for _ in range(self.cfg.grad_accum):
-            x, y = self.train_data.sample(self.cfg.batch_size, self.sampler)
-            with self.autocast():
-                _, loss = self.forward(x.to(self.device), y.to(self.device))
-            (loss / self.cfg.grad_accum).backward()
+        total, world, accum = 0.0, self.world, self.cfg.grad_accum
+        for micro in range(accum):
+            # every rank draws the global micro-batch and reads its own rows of it
+            x, y = self.train_data.sample(self.cfg.batch_size * world.size, self.sampler,
+                                          world.rows(self.cfg.batch_size))
+            with micro_step_context(self.wrapped, world, last=micro == accum - 1):
+                with self.autocast():
+                    _, loss = self.forward(x.to(self.device), y.to(self.device))
+                (loss / accum).backward()
             total += loss.item()
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return total / self.cfg.grad_accum
+        return world.mean(total / accum, self.device)
 
     def evaluate(self) -> float:
         return evaluate_loss(self.forward, self.val_data, self.cfg.batch_size,
-                             self.cfg.eval_batches, self.device, self.autocast)
+                             self.cfg.eval_batches, self.device, self.autocast, self.world)
 
 
 def _progress(enabled: bool) -> Progress:
     return Progress(
         TextColumn("[bold]step {task.completed}/{task.total}"), BarColumn(),
         TextColumn("loss {task.fields[loss]}"), TextColumn("val {task.fields[val]}"),
-        TextColumn("{task.fields[speed]} tok/s"), TimeRemainingColumn(),
-        disable=not enabled,
+        TextColumn("{task.fields[speed]} tok/s"), TextColumn("{task.fields[mfu]}"),
+        TimeRemainingColumn(), disable=not enabled,
     )
 
 
 def train(data_dir: str | Path | None, out: str | Path, run_cfg: RunConfig | None = None,
           resume: bool = False, stop_after: int | None = None, show_progress: bool = True,
-          on_eval: Callable[[int, float], None] | None = None) -> TrainResult:
+          on_eval: Callable[[int, float], None] | None = None,
+          strategy: str = "ddp") -> TrainResult:
     """Train (or, with `resume`, continue) the run in `out`; returns the final losses.
 
     `stop_after` ends this invocation after that many total steps, checkpointed, without
     changing the schedule (the run can be resumed to `max_steps` later).
+
+    Under torchrun every process calls this; `strategy` (ddp or fsdp) says how they share
+    the work. Started plainly, it is one process and `strategy` does not matter.
     """
     threads = torch.get_num_threads()
+    world = join(strategy)
     try:
-        return _train(data_dir, Path(out), run_cfg, resume, stop_after, show_progress, on_eval)
+        return _train(data_dir, Path(out), run_cfg, resume, stop_after, show_progress, on_eval,
+                      world)
+    except (RuntimeError, torch.distributed.DistError) as e:
+        if not world.distributed:
+            raise
+        raise CentelhaError(f"rank {world.rank}: the process group failed, most likely "
+                            f"because another rank died ({str(e).splitlines()[0][:200]})") \
+            from None
     finally:
         torch.set_num_threads(threads)  # `train.threads` must not outlive the run
+        leave(world)
 
 
 def _train(data_dir, run_dir: Path, run_cfg, resume, stop_after, show_progress,
-           on_eval) -> TrainResult:
+           on_eval, world: World) -> TrainResult:
     if resume:
         run_cfg, data_dir = _resume_config(run_dir)
     else:
@@ -218,45 +317,67 @@ def _train(data_dir, run_dir: Path, run_cfg, resume, stop_after, show_progress,
         if latest_state(run_dir) is not None:
             raise CentelhaError(f"{run_dir} already holds a run; use --resume to continue it, "
                                 "or pick another --out")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / LOG_FILE).unlink(missing_ok=True)
-        record = {"data": str(Path(data_dir).resolve()), **run_cfg.to_dict()}
-        atomic_write_text(run_dir / RUN_FILE, yaml.safe_dump(record, sort_keys=False))
-    run = Run(run_cfg, Path(data_dir), run_dir)
+        world.barrier()  # every rank has looked before rank 0 writes
+        if world.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / LOG_FILE).unlink(missing_ok=True)
+            record = {"data": str(Path(data_dir).resolve()), **run_cfg.to_dict()}
+            atomic_write_text(run_dir / RUN_FILE, yaml.safe_dump(record, sort_keys=False))
+        world.barrier()
+    run = Run(run_cfg, Path(data_dir), run_dir, world)
     if resume:
-        clean_partial_states(run_dir)
+        if world.main:
+            clean_partial_states(run_dir)
+        world.barrier()
         state = latest_state(run_dir)
         if state is not None:
             run.restore(state)
     cfg = run.cfg
     end = min(cfg.max_steps, stop_after) if stop_after else cfg.max_steps
     baseline = run.meta.get("unigram_val_loss")
-    tokens_per_step = cfg.batch_size * cfg.grad_accum * run.model_cfg.block_size
+    sequences = cfg.batch_size * cfg.grad_accum * world.size
+    tokens_per_step = sequences * run.model_cfg.block_size
+    flops_per_step = flops_per_token(run.model_cfg)["train"] * tokens_per_step
     loss, val_loss = float("nan"), None
     started, seen = time.perf_counter(), 0
     run.model.train()
-    with _progress(show_progress) as progress:
+    show = show_progress and world.main
+    with _progress(show) as progress:
+        if show:
+            progress.console.print(
+                f"global batch {sequences} sequences = {cfg.batch_size} × {cfg.grad_accum} "
+                f"accumulation × {world.size} rank(s) = {tokens_per_step:,} tokens per step"
+                + (f" ({world.strategy})" if world.distributed else ""))
         task = progress.add_task("train", total=cfg.max_steps, completed=run.step,
-                                 loss="…", val="…", speed="…")
+                                 loss="…", val="…", speed="…", mfu="")
         window_start, window_tokens = time.perf_counter(), 0
         while run.step < end:
             loss = run.train_step()
             seen += tokens_per_step
             window_tokens += tokens_per_step
             done = run.step == end
-            if run.step % cfg.log_interval == 0 or done:
-                speed = window_tokens / max(1e-9, time.perf_counter() - window_start)
-                run.log({"step": run.step, "loss": loss, "lr": learning_rate(run.step - 1, cfg),
-                         "tokens_per_s": round(speed, 1)})
-                progress.update(task, loss=f"{loss:.3f}", speed=f"{speed:,.0f}")
+            if (run.step % cfg.log_interval == 0 or done) and world.main:
+                seconds = max(1e-9, time.perf_counter() - window_start)
+                speed = window_tokens / seconds
+                row = {"step": run.step, "loss": loss, "lr": learning_rate(run.step - 1, cfg),
+                       "tokens_per_s": round(speed, 1)}
+                mfu = ""
+                if run.peak:
+                    row["mfu"] = flops_per_step * window_tokens / tokens_per_step / seconds \
+                        / (run.peak * world.size)
+                    mfu = f"MFU {100 * row['mfu']:.1f}%"
+                run.log(row)
+                progress.update(task, loss=f"{loss:.3f}", speed=f"{speed:,.0f}", mfu=mfu)
                 window_start, window_tokens = time.perf_counter(), 0
             if run.step % cfg.eval_interval == 0 or done:
                 val_loss = run.evaluate()
-                run.log({"step": run.step, "val_loss": val_loss, "val_ppl": math.exp(val_loss)})
-                progress.update(task, val=f"{val_loss:.3f}")
-                plot_loss(read_log(run.log_path), run_dir / "loss.png", baseline)
-                if on_eval:
-                    on_eval(run.step, val_loss)
+                if world.main:
+                    run.log({"step": run.step, "val_loss": val_loss,
+                             "val_ppl": math.exp(val_loss)})
+                    progress.update(task, val=f"{val_loss:.3f}")
+                    plot_loss(read_log(run.log_path), run_dir / "loss.png", baseline)
+                    if on_eval:
+                        on_eval(run.step, val_loss)
             if (cfg.ckpt_interval and run.step % cfg.ckpt_interval == 0) or done:
                 run.save()
             progress.update(task, completed=run.step)

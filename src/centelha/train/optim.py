@@ -23,14 +23,24 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             {"params": no_decay, "weight_decay": 0.0}]
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW, fused into one kernel per step where this PyTorch supports it for the device."""
+def param_names(model: nn.Module) -> list[str]:
+    """Parameter names in the order the optimizer numbers them (decay group, then no-decay)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return [n for n, p in named if p.dim() >= 2] + [n for n, p in named if p.dim() < 2]
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device,
+                   fused: bool = True) -> torch.optim.AdamW:
+    """AdamW, fused into one kernel per step where this PyTorch supports it for the device
+    (`fused=False` for sharded parameters, which the CPU's fused kernel does not take)."""
     groups = param_groups(model, cfg.weight_decay)
     betas = (cfg.beta1, cfg.beta2)
-    try:
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, fused=True)
-    except (RuntimeError, ValueError):
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas)
+    if fused:
+        try:
+            return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, fused=True)
+        except (RuntimeError, ValueError):
+            pass
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas)
 
 
 def learning_rate(step: int, cfg: TrainConfig) -> float:
