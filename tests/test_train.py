@@ -109,3 +109,22 @@ def test_compiled_training_matches_eager(prepared, tmp_path):
     compiled = train(prepared, tmp_path / "compiled", run_config(max_steps=3, compile=True),
                      show_progress=False)
     assert compiled.train_loss == pytest.approx(eager.train_loss, abs=1e-3)
+
+
+def test_mfu_is_logged_where_the_peak_is_known(prepared, tmp_path, monkeypatch):
+    """On a GPU whose peak is known MFU = training FLOPs per second / peak; here the CPU is
+    given a made-up peak to check the arithmetic."""
+    from centelha.model import flops_per_token
+    from centelha.train import loop
+
+    monkeypatch.setattr(loop, "peak_flops", lambda device: 1e12)
+    train(prepared, tmp_path / "run", run_config(max_steps=4, log_interval=2),
+          show_progress=False)
+    log = (tmp_path / "run" / "log.jsonl").read_text()
+    rows = [json.loads(line) for line in log.splitlines()]
+    logged = [r for r in rows if "mfu" in r]
+    assert len(logged) == 2
+    model_cfg = load_checkpoint(tmp_path / "run")[0].cfg
+    per_token = flops_per_token(model_cfg)["train"]
+    for row in logged:
+        assert row["mfu"] == pytest.approx(per_token * row["tokens_per_s"] / 1e12, rel=1e-3)
