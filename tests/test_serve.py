@@ -274,3 +274,16 @@ def test_the_serve_command_starts_the_bundled_model(tmp_path):
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+def test_a_waiting_non_streaming_client_that_leaves_is_cancelled(small_server):
+    """A client of a non-streamed reply is polled while it waits: gone, its request ends."""
+    scheduler = small_server.served[0].scheduler
+    body = {"model": MODEL, "prompt": "1, 2, 3, 4,", "max_tokens": 200, "temperature": 0}
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(small_server.url + "/v1/completions", json=body, timeout=1.0,
+                   headers={"Authorization": "Bearer SECRET"})
+    deadline = time.monotonic() + 5  # 200 tokens take ~7 s at fp32: only a cancel is faster
+    while scheduler.active and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert scheduler.active == 0

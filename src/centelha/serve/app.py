@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -149,15 +149,25 @@ async def run_choices(served: Served, ids: list[int], params: Sampling, logprobs
                 served.scheduler.cancel(choice.request.id)
 
 
+DISCONNECT_POLL = 0.25  # seconds between checks that a non-streaming client is still there
+
+
 async def next_item(queue: asyncio.Queue, http: Request | None) -> Token | Error:
+    """The next token or error; with `http`, raises ClientGone once that client has left
+    (checked every DISCONNECT_POLL seconds, whether tokens are flowing or not)."""
     if http is None:
         return await queue.get()
+    state = http.state
     while True:
-        try:
-            return await asyncio.wait_for(queue.get(), timeout=0.25)
-        except TimeoutError:
+        now = time.monotonic()
+        if now - getattr(state, "checked", 0.0) >= DISCONNECT_POLL:
+            state.checked = now
             if await http.is_disconnected():
-                raise ClientGone from None
+                raise ClientGone
+        try:
+            return await asyncio.wait_for(queue.get(), timeout=DISCONNECT_POLL)
+        except TimeoutError:
+            continue
 
 
 def advance(choice: Choice, token: Token, tokenizer, logprobs: int | None) -> Event:
@@ -281,7 +291,10 @@ async def respond(served: Served, request: Sampling, http: Request, ids: list[in
         stream = event_stream({**head, "object": chunk_kind}, request, len(ids), first, events,
                               chunk, opening)
         return StreamingResponse(stream, media_type="text/event-stream")
-    texts, entries, reasons, counts = await collect(served, ids, request, logprobs, http)
+    try:
+        texts, entries, reasons, counts = await collect(served, ids, request, logprobs, http)
+    except ClientGone:  # nobody is left to read an answer; its requests are cancelled
+        return Response(status_code=499)
     return {**head, "object": kind,
             "choices": [choice(i, texts[i], entries[i], reasons[i]) for i in range(request.n)],
             "usage": usage(len(ids), sum(counts))}
@@ -374,17 +387,7 @@ def create_app(models: list[Served], api_key: str | None = None,
     async def bug(_: Request, e: Exception) -> JSONResponse:
         return error(APIError(500, f"internal error: {type(e).__name__}", type="server_error"))
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        """API key on /v1, and the body size limit, before any handler reads the body."""
-        try:
-            if request.url.path.startswith("/v1"):
-                check_key(request, api_key)
-            if request.method == "POST":
-                await read_limited(request, max_body)
-        except APIError as e:
-            return error(e)
-        return await call_next(request)
+    app.add_middleware(Guard, api_key=api_key, max_body=max_body)
 
     def model_for(name: str) -> Served:
         if name not in by_name:
@@ -423,26 +426,69 @@ def create_app(models: list[Served], api_key: str | None = None,
     return app
 
 
-def check_key(request: Request, api_key: str | None) -> None:
+class Guard:
+    """ASGI middleware: the API key on /v1 routes, and the body size limit, before any
+    handler runs. The body is read here (refused with 413 as soon as it passes the limit,
+    whatever Content-Length claims) and replayed to the app, whose later reads then see
+    the client's own messages, a disconnect included."""
+
+    def __init__(self, app, api_key: str | None, max_body: int):
+        self.app, self.api_key, self.max_body = app, api_key, max_body
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                   for k, v in scope.get("headers", [])}
+        try:
+            if scope["path"].startswith("/v1"):
+                check_key(headers.get("authorization", ""), self.api_key)
+            if scope["method"] == "POST":
+                body = await read_limited(receive, headers.get("content-length"),
+                                          self.max_body)
+                receive = replay(body, receive)
+        except APIError as e:
+            extra = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
+            return await JSONResponse(e.body(), e.status, extra)(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+def check_key(given: str, api_key: str | None) -> None:
     if api_key is None:
         return
-    given = request.headers.get("authorization", "")
     scheme, _, token = given.partition(" ")
     if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip(), api_key):
         raise APIError(401, "a valid API key is needed: Authorization: Bearer <key>",
                        type="authentication_error", code="invalid_api_key")
 
 
-async def read_limited(request: Request, limit: int) -> None:
-    """Read the body (it is cached on the request for the handler), refusing it with 413 as
-    soon as it passes `limit` bytes, whatever Content-Length claims."""
-    declared = request.headers.get("content-length")
+async def read_limited(receive, declared: str | None, limit: int) -> bytes:
+    too_large = APIError(413, f"the request body is larger than {limit} bytes")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise APIError(413, f"the request body is larger than {limit} bytes")
-    size, chunks = 0, []
-    async for chunk in request.stream():
+        raise too_large
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise APIError(400, "the client went away before sending its request")
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise APIError(413, f"the request body is larger than {limit} bytes")
+            raise too_large
         chunks.append(chunk)
-    request._body = b"".join(chunks)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def replay(body: bytes, receive):
+    """A receive that gives `body` once, then the client's own messages."""
+    sent = False
+
+    async def receive_again():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return receive_again
