@@ -58,7 +58,6 @@ class Token:
     """One step's result for one request."""
     request_id: int
     token: int
-    logits: torch.Tensor | None  # processed logits it was drawn from (keep_logits)
     finish_reason: str | None    # "stop" | "length" | None while it goes on
     # With Request.logprobs: the model's log-probability of this token (before any sampling
     # setting: what the model believes), and the most likely tokens' [(id, logprob), …].
@@ -78,12 +77,11 @@ def log_probabilities(logits: torch.Tensor, token: int,
 
 class Engine:
     def __init__(self, model: Transformer, max_batch: int = 8, max_len: int | None = None,
-                 prefill_chunk: int = 512, keep_logits: bool = False):
+                 prefill_chunk: int = 512):
         self.model = model.eval()
         self.max_batch = max_batch
         self.cache = model.new_cache(max_batch, max_len)
         self.prefill_chunk = prefill_chunk
-        self.keep_logits = keep_logits
         self.active: list[Active] = []
         self.lock = threading.Lock()  # one forward pass at a time
 
@@ -163,8 +161,7 @@ class Engine:
             state.finish_reason = "length"
         if state.finish_reason:
             self.remove(state.request.id)
-        return Token(state.request.id, token, processed if self.keep_logits else None,
-                     state.finish_reason, logprob, top)
+        return Token(state.request.id, token, state.finish_reason, logprob, top)
 
     # -- leaving ------------------------------------------------------------------------
     def remove(self, request_id: int) -> None:

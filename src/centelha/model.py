@@ -410,6 +410,7 @@ class Transformer(nn.Module):
             raise CentelhaError(f"sequence of {max(starts) + T} tokens is longer than the "
                                 f"context ({cache.max_len} tokens)")
         keys = max(starts) + T
+        fused = self.decode_kernels(T, cache)
         if len(set(starts)) == 1:
             start = starts[0]
             step = Step(cache, rows, start, keys=keys, causal=start == 0 and T > 1)
@@ -419,31 +420,38 @@ class Transformer(nn.Module):
             if self.cfg.pos == "rope":
                 cos, sin = self.rope(start, T)
                 step.rope = (cos[:, None], sin[:, None])  # (T, 1, D): over (B, T, heads, D)
-            return self.maybe_fused(step, T, starts)
+            return self.fuse(step, fused, starts)
         first = torch.tensor(starts, device=device)[:, None]
         positions = first + torch.arange(T, device=device)
-        mask = torch.arange(keys, device=device) <= positions[:, :, None]  # (B, T, keys)
-        step = Step(cache, rows, None, positions, keys, mask[:, None], causal=False)
+        mask = None
+        if fused is None:  # the kernel masks by each row's position itself
+            mask = (torch.arange(keys, device=device) <= positions[:, :, None])[:, None]
+        step = Step(cache, rows, None, positions, keys, mask, causal=False)
         if self.cfg.pos == "rope":
             cos, sin = self.rope(0, keys)
             step.rope = (cos[positions][:, :, None], sin[positions][:, :, None])  # (B, T, 1, D)
-        return self.maybe_fused(step, T, starts)
+        return self.fuse(step, fused, starts)
 
-    def maybe_fused(self, step: Step, T: int, starts: list[int]) -> Step:
-        """One new token per row, on a float32 CPU cache: attention goes through the C++
-        kernel, which needs each row's new position."""
-        cache = step.cache
+    def decode_kernels(self, T: int, cache: KVCache):
+        """The C++ kernels when this call is one new token per row on a float32 model with a
+        float32/float16 CPU cache, no gradient wanted; else None."""
         if T == 1 and not torch.is_grad_enabled() and cache.k.device.type == "cpu" \
                 and cache.k.dtype in (torch.float32, torch.float16) \
                 and self.tok_emb.weight.dtype == torch.float32:
-            step.fused = load_kernels()
-        if step.fused is not None:
+            return load_kernels()
+        return None
+
+    def fuse(self, step: Step, fused, starts: list[int]) -> Step:
+        """Give the step what the attention kernel needs: each row's new position and its
+        rotary rows."""
+        step.fused = fused
+        if fused is not None:
             step.new_positions = torch.tensor(starts, dtype=torch.long)
-            D = self.cfg.head_dim
             empty = step.cache.k.new_empty(0)
-            step.rope_rows = tuple(t.reshape(-1, D) for t in step.rope) if step.rope \
-                else (empty, empty)
+            step.rope_rows = tuple(t.reshape(-1, self.cfg.head_dim) for t in step.rope) \
+                if step.rope else (empty, empty)
         return step
+
 
 def count_parameters(model: Transformer, trainable_only: bool = False) -> int:
     """Distinct parameters (a tied embedding counts once). Quantized layers (which hold

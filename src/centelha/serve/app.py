@@ -138,7 +138,8 @@ async def run_choices(served: Served, ids: list[int], params: Sampling, logprobs
             event = advance(choice, item, tokenizer, logprobs)
             if event.finish_reason is not None:
                 remaining -= 1
-                served.scheduler.cancel(choice.request.id)  # a stop string: free the row now
+                if choice.text.stopped and item.finish_reason is None:
+                    served.scheduler.cancel(choice.request.id)  # a stop string: free the row
             if event.text or event.logprobs or event.finish_reason:
                 yield event
     except QueueFull as e:
@@ -261,7 +262,8 @@ async def chat_response(served: Served, request: ChatRequest, http: Request):
     opening = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                 "finish_reason": None} for i in range(request.n)]
     return await respond(served, request, http, chat_ids(served, request), logprobs,
-                         "chatcmpl", "chat.completion", choice, chunk, opening)
+                         "chatcmpl", ("chat.completion", "chat.completion.chunk"), choice,
+                         chunk, opening)
 
 
 async def completion_response(served: Served, request: CompletionRequest, http: Request):
@@ -275,27 +277,27 @@ async def completion_response(served: Served, request: CompletionRequest, http: 
         return choice(event.index, event.text, event.logprobs, event.finish_reason)
 
     return await respond(served, request, http, completion_ids(served, request), logprobs,
-                         "cmpl", "text_completion", choice, chunk, [])
+                         "cmpl", ("text_completion", "text_completion"), choice, chunk, [])
 
 
 async def respond(served: Served, request: Sampling, http: Request, ids: list[int],
-                  logprobs: int | None, prefix: str, kind: str, choice, chunk, opening):
+                  logprobs: int | None, prefix: str, kinds: tuple[str, str], choice, chunk,
+                  opening):
     """The whole JSON reply (`choice` makes each choice), or the event stream (`chunk`
-    makes each event's choice, after the `opening` ones)."""
+    makes each event's choice, after the `opening` ones); `kinds`: their "object" names."""
     head = {"id": f"{prefix}-{secrets.token_hex(12)}", "created": int(time.time()),
             "model": served.name}
     if request.stream:
         events = run_choices(served, ids, request, logprobs, None)
         first = await first_event(events)
-        chunk_kind = "chat.completion.chunk" if kind == "chat.completion" else kind
-        stream = event_stream({**head, "object": chunk_kind}, request, len(ids), first, events,
+        stream = event_stream({**head, "object": kinds[1]}, request, len(ids), first, events,
                               chunk, opening)
         return StreamingResponse(stream, media_type="text/event-stream")
     try:
         texts, entries, reasons, counts = await collect(served, ids, request, logprobs, http)
     except ClientGone:  # nobody is left to read an answer; its requests are cancelled
         return Response(status_code=499)
-    return {**head, "object": kind,
+    return {**head, "object": kinds[0],
             "choices": [choice(i, texts[i], entries[i], reasons[i]) for i in range(request.n)],
             "usage": usage(len(ids), sum(counts))}
 
@@ -307,6 +309,14 @@ async def first_event(events: AsyncIterator[Event]) -> Event | None:
         return await events.__anext__()
     except StopAsyncIteration:
         return None
+
+
+async def after(first: Event | None, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+    """`first` (already taken from `events`), then the rest of `events`."""
+    if first is not None:
+        yield first
+    async for event in events:
+        yield event
 
 
 async def collect(served: Served, ids: list[int], params: Sampling, logprobs: int | None,
@@ -348,11 +358,7 @@ async def event_stream(head: dict, request: Sampling, prompt_tokens: int, first:
         yield sse({**head, "choices": [choice], **extra})
     counts = [0] * request.n
     try:
-        pending = [first] if first is not None else []
-        for event in pending:
-            counts[event.index] = event.tokens
-            yield sse({**head, "choices": [chunk(event)], **extra})
-        async for event in events:
+        async for event in after(first, events):
             counts[event.index] = event.tokens
             yield sse({**head, "choices": [chunk(event)], **extra})
     except APIError as e:

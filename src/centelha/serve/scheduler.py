@@ -56,8 +56,7 @@ class Scheduler:
         self.cancelled: set[int] = set()
         self.wake = wake or threading.Condition()  # shared by schedulers driven together
         self.running = True
-        self.steps = 0  # decode steps run (for tests and metrics)
-        self.peak = 0   # the most requests decoded together in one step
+        self.peak = 0  # the most requests decoded together in one step (tests, metrics)
         self.thread = None
         if thread:
             self.thread = threading.Thread(target=drive, args=([self],), daemon=True,
@@ -113,7 +112,6 @@ class Scheduler:
             if self.engine.active:
                 self.peak = max(self.peak, len(self.engine.active))
                 tokens = self.engine.step()
-                self.steps += 1
                 for token in tokens:
                     self.deliver(token)
         except Exception as e:  # noqa: BLE001 - a bug must fail its requests, not the server
@@ -137,13 +135,15 @@ class Scheduler:
             self.callbacks[request.id] = callback
             try:
                 first = self.engine.add(request)
-            except CentelhaError as e:
+            except Exception as e:  # noqa: BLE001 - this request fails, the others go on
                 self.callbacks.pop(request.id, None)
-                callback(Error(request.id, str(e)))
+                message = str(e) if isinstance(e, CentelhaError) else \
+                    f"internal error: {type(e).__name__}: {e}"
+                callback(Error(request.id, message))
                 continue
             if first is None:  # a budget of 0 tokens: finished before it began
                 self.callbacks.pop(request.id, None)
-                callback(Token(request.id, -1, None, "length"))
+                callback(Token(request.id, -1, "length"))
                 continue
             self.deliver(first)
 
