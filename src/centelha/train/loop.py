@@ -292,7 +292,9 @@ def train(data_dir: str | Path | None, out: str | Path, run_cfg: RunConfig | Non
     the work. Started plainly, it is one process and `strategy` does not matter.
     """
     threads = torch.get_num_threads()
-    world = join(strategy)
+    config = _resume_config(Path(out))[0] if resume else run_cfg
+    # the backend follows the device: NCCL for CUDA, gloo for the CPU
+    world = join(strategy, pick_device(config.train.device) if config else None)
     try:
         return _train(data_dir, Path(out), run_cfg, resume, stop_after, show_progress, on_eval,
                       world)
