@@ -38,10 +38,22 @@ def test_alone_or_in_a_crowd_the_same_tokens(model):
     engine = Engine(model, max_batch=4)
     others = [Request(q, SamplingConfig(max_new_tokens=30, temperature=1.0, seed=i))
               for i, q in enumerate(prompts((4, 20, 6), seed=2))]
-    for other in others:
-        engine.add(other)
-    crowd = [t.token for t in engine.stream(Request(p, sampled))]
-    assert crowd == alone
+    crowd = run_together(engine, [*others, Request(p, sampled)])
+    assert crowd[-1] == alone
+    # and each of the others got its own tokens, as many as its budget
+    assert [len(tokens) for tokens in crowd[:-1]] == [30, 30, 30]
+
+
+def run_together(engine: Engine, requests: list[Request]) -> list[list[int]]:
+    """Every request's tokens, decoded together through add and step."""
+    tokens: dict[int, list[int]] = {r.id: [] for r in requests}
+    for request in requests:
+        first = engine.add(request)
+        tokens[request.id].append(first.token)
+    while engine.active:
+        for token in engine.step():
+            tokens[token.request_id].append(token.token)
+    return [tokens[r.id] for r in requests]
 
 
 def test_stop_ids_and_budget_set_the_finish_reason(model):

@@ -485,6 +485,8 @@ def tensor_dims_offset(data: bytearray, name: bytes) -> int:
      "tensor token_embd.weight .* runs past the end of the file"),
     (lambda d: set_u64(d, tensor_dims_offset(d, b"blk.0.attn_k.weight"), 32),
      r"tensor blk.0.attn_k.weight has shape \(32, 32\), the metadata implies \(32, 64\)"),
+    (lambda d: set_u64(d, tensor_dims_offset(d, b"blk.0.attn_k.weight"), 0),
+     "tensor blk.0.attn_k.weight has a dimension of size 0"),
     (lambda d: d.__setitem__(slice(4, 8), struct.pack("<I", 1)),
      "GGUF version 1 \\(supported: 2, 3\\)"),
 ])
@@ -553,3 +555,94 @@ def test_export_refuses_what_llama_cpp_cannot_run(tmp_path, tokenizer):
     with pytest.raises(CentelhaError, match="GGUF export supports gpt2-style models"):
         save_gguf(mixed, tokenizer, tmp_path / "m.gguf")
     assert not (tmp_path / "m.gguf").exists()
+
+
+def nested_arrays_file(path: Path, depth: int) -> Path:
+    """A GGUF header with one metadata value: an array of an array of … (`depth` levels)
+    around an empty array of bytes."""
+    key = b"deep"
+    data = b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", len(key)) + key
+    data += struct.pack("<I", V.ARRAY) + struct.pack("<IQ", V.ARRAY, 1) * (depth - 1)
+    data += struct.pack("<IQ", V.UINT8, 0)
+    path.write_bytes(data)
+    return path
+
+
+def test_deeply_nested_arrays_fail_with_the_nesting_limit(tmp_path):
+    path = nested_arrays_file(tmp_path / "deep.gguf", 10_000)  # a RecursionError once
+    with pytest.raises(CentelhaError, match=r"deep.gguf is corrupt: metadata deep nests arrays "
+                                            r"more than 8 deep \(the limit\)") as error:
+        load_gguf(path)
+    assert "\n" not in str(error.value)
+    from centelha.formats.gguf import MAX_ARRAY_DEPTH, _read_gguf
+
+    allowed = _read_gguf(nested_arrays_file(tmp_path / "ok.gguf", MAX_ARRAY_DEPTH))
+    value, depth = allowed.metadata["deep"], 1
+    while isinstance(value, list):
+        value, depth = value[0], depth + 1
+    allowed.close()
+    assert depth == MAX_ARRAY_DEPTH and len(value) == 0  # the innermost array: no bytes
+
+
+def test_an_embedding_that_is_not_a_matrix_is_refused(tmp_path, good_file):
+    def cube(name, array):
+        return (array[None] if name == "token_embd.weight" else array), None
+
+    rewrite(good_file, tmp_path / "x.gguf", tensor=cube)  # a ValueError (unpacking) once
+    with pytest.raises(CentelhaError, match=r"token_embd.weight is not a matrix"):
+        load_gguf(tmp_path / "x.gguf")
+
+
+def test_names_with_newlines_stay_on_one_line(tmp_path, good_file):
+    def rename(data):  # same length, so the header still parses up to the bad type
+        old, new = b"general.architecture", b"general\narchitecture"
+        at = data.index(struct.pack("<Q", len(old)) + old) + 8
+        data[at:at + len(old)] = new
+        data[at + len(old):at + len(old) + 4] = struct.pack("<I", 99)
+
+    with pytest.raises(CentelhaError, match="has unknown value type 99") as error:
+        load_gguf(patched(tmp_path, good_file, rename))
+    assert str(error.value).splitlines() == [str(error.value)]
+    assert "metadata 'general\\narchitecture'" in str(error.value)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_shapes_come_from_the_header_alone(tmp_path, tokenizer, family, monkeypatch):
+    from centelha.formats import gguf as gguf_format
+
+    save_gguf(make_model(tokenizer.vocab_size, family), tokenizer, tmp_path / "m.gguf", "q8_0")
+    cfg, tensors, _ = load_gguf(tmp_path / "m.gguf")
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("tensor data was read")
+
+    for name in ("tensor", "raw_rows"):
+        monkeypatch.setattr(gguf_format._GGUFFile, name, no_data)
+    shape_cfg, shapes = gguf_format.read_gguf_shapes(tmp_path / "m.gguf")
+    assert shape_cfg == cfg
+    assert shapes == {name: tuple(t.shape) for name, t in tensors.items()}
+
+
+@pytest.mark.parametrize("chunk", [64, 1 << 20])
+def test_a_head_stored_twice_is_tied_whatever_the_chunk(tmp_path, tokenizer, chunk,
+                                                        monkeypatch):
+    from centelha.formats import gguf as gguf_format
+
+    monkeypatch.setattr(gguf_format, "COMPARE_CHUNK", chunk, raising=False)
+    model = make_model(tokenizer.vocab_size)  # untied: llama.cpp writes output.weight
+    with torch.no_grad():
+        model.lm_head.weight.copy_(model.tok_emb.weight)
+    save_gguf(model, tokenizer, tmp_path / "same.gguf", dtype="f32")
+    assert load_gguf(tmp_path / "same.gguf")[0].tie_embeddings
+    with torch.no_grad():
+        model.lm_head.weight[-1, -1] += 1.0  # the very last byte range differs
+    save_gguf(model, tokenizer, tmp_path / "other.gguf", dtype="f32")
+    assert not load_gguf(tmp_path / "other.gguf")[0].tie_embeddings
+
+
+def test_merges_that_are_not_strings_are_refused(tmp_path, good_file):
+    nested = ([[1, 2], [3, 4]], V.ARRAY, V.ARRAY)  # arrays of arrays: a TypeError once
+    rewrite(good_file, tmp_path / "x.gguf", kv={"tokenizer.ggml.merges": nested})
+    with pytest.raises(CentelhaError, match="tokenizer.ggml.merges holds ndarray items, "
+                                            "not strings"):
+        load_gguf(tmp_path / "x.gguf")

@@ -15,10 +15,10 @@ import torch
 from centelha.checkpoint import load_checkpoint
 from centelha.engine import Engine, Request
 from centelha.errors import CentelhaError
-from centelha.generate import SamplingConfig, prompt_ids, stream_text
+from centelha.generate import SamplingConfig, prompt_ids, stream_text, with_bos
 from centelha.model import Transformer
 from centelha.registry import resolve
-from centelha.template import render_chat
+from centelha.template import encode_chat, render_chat
 from centelha.tokenizer import Tokenizer
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -130,14 +130,15 @@ class LLM:
     @property
     def engine(self) -> Engine:
         if self._engine is None:  # the cache is allocated on first use
-            self._engine = Engine(self.model, max_batch=1, max_len=self.max_context)
+            self._engine = Engine(self.model, max_batch=1, max_len=self.max_context,
+                                  vocab_size=self.tokenizer.vocab_size)
         return self._engine
 
     def stream(self, prompt: str | list[dict], **settings) -> Iterator[str]:
         """Text pieces as they are generated; a list of messages is a chat."""
         cfg = sampling_from(settings)
         if isinstance(prompt, list):
-            ids = prompt_ids(self.tokenizer, self.chat_prompt(prompt), special=True)
+            ids = self.chat_ids(prompt)
         else:
             ids = prompt_ids(self.tokenizer, prompt)
         request = Request(ids, cfg, frozenset(self.tokenizer.stop_ids))
@@ -153,8 +154,13 @@ class LLM:
         return "".join(self.stream(messages, **settings)).strip()
 
     def chat_prompt(self, messages: list[dict]) -> str:
+        """The prompt text the chat template makes of `messages`."""
         tok = self.tokenizer
         return render_chat(tok.chat_template, messages, tok.bos_token, tok.eos_token)
+
+    def chat_ids(self, messages: list[dict]) -> list[int]:
+        """The prompt ids of `messages`; their contents never become special tokens."""
+        return with_bos(self.tokenizer, encode_chat(self.tokenizer, messages))
 
 
 def load(source: str | Path = "smollm2-135m-instruct", dtype: str = "fp32",

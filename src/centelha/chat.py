@@ -88,7 +88,10 @@ class ChatSession:
         if key not in self.settings or key == "stop" or not value.strip():
             options = ", ".join(k for k in self.settings if k != "stop")
             raise CentelhaError(f"usage: /set NAME VALUE with NAME one of {options}")
-        parsed = yaml.safe_load(value)
-        SamplingConfig(**{**self.settings, key: parsed})  # validates
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = value.strip()  # not a number, a bool or null: the text itself
+        SamplingConfig(**{**self.settings, key: parsed})  # validates: a CentelhaError if bad
         self.settings[key] = parsed
         return f"{key} = {parsed}"

@@ -7,8 +7,12 @@ step, RNG states, data position, as safetensors + JSON: no pickle anywhere).
 
 Crash safety, the design a reader should know: a training state is written whole into
 `state/.tmp-…` and only then renamed to `state/step_NNNNNNN` — a rename is atomic, so
-a state directory either exists complete or not at all. Resume reads only from the
-newest complete state. The top-level model files are then replaced one by one, each by
+a state directory either exists complete or not at all. Re-saving a step that already
+has a state first renames the old one aside to `state/.old-step_NNNNNNN`, then renames
+the new one in, then deletes the aside copy: at every instant one complete state of
+the step exists (if a crash leaves only the aside copy, it stands for its step and
+resume moves it back). Resume reads only from the newest complete state, newest by the
+step number, not by name. The top-level model files are then replaced one by one, each by
 write-then-rename (the weights by a hard link to the state's copy, so no second write),
 so a reader always finds a whole file. Older states are deleted only after the new one
 is in place.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -30,7 +35,7 @@ from safetensors.torch import load_file, save_file
 
 from centelha.config import ModelConfig
 from centelha.errors import CentelhaError
-from centelha.model import Transformer
+from centelha.model import Transformer, matmul_parameters
 from centelha.tokenizer import Tokenizer
 
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
@@ -92,8 +97,9 @@ def tensors_for_file(state: dict[str, torch.Tensor], cfg) -> dict[str, torch.Ten
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CentelhaError(f"{path} is not a readable safetensors file ({e})") from None
+    except (SafetensorError, OSError, ValueError) as e:  # its message may quote the file
+        raise CentelhaError(f"{path} is not a readable safetensors file "
+                            f"({' '.join(str(e).split())})") from None
 
 
 def save_model_files(path: str | Path, model: Transformer, tokenizer: Tokenizer) -> None:
@@ -138,17 +144,35 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[Transformer,
     path = check_checkpoint_dir(path)
     cfg = ModelConfig.load(path / "config.json")
     tokenizer = Tokenizer.load(path / "tokenizer.json")
-    tensors = read_weights(path / "model.safetensors")
+    weights = path / "model.safetensors"
+    tensors = read_weights(weights)
+    # A config.json that describes a far bigger model than the file holds (a corrupt one)
+    # is refused before any model is built: building it would take the memory, or for an
+    # absurd layer count the time, of the model it describes. Even int4 blocks store one
+    # value per two weights, so a factor of 4 never refuses a real checkpoint.
+    stored = sum(t.numel() for t in tensors.values())
+    if matmul_parameters(cfg) > 4 * stored:
+        raise CentelhaError(f"{weights}: config.json describes {matmul_parameters(cfg)} "
+                            f"weights, the file holds only {stored} values")
     try:
         if cfg.extra.get("quantization"):
             from centelha.quant import apply_quantized_state
 
             model = Transformer(cfg)
+            own = model.state_dict()  # the float tensors kept as they are must fit it
+            for name, tensor in sorted(tensors.items()):
+                if name in own and tensor.shape != own[name].shape:
+                    raise CentelhaError(f"weight {name} has shape {tuple(tensor.shape)}, the "
+                                        f"config implies {tuple(own[name].shape)}")
             apply_quantized_state(model, tensors, cfg.extra["quantization"])
         else:
+            not_float = sorted(k for k, t in tensors.items() if not t.is_floating_point())
+            if not_float:
+                raise CentelhaError(f"{not_float[0]} holds {tensors[not_float[0]].dtype} "
+                                    "values, not floats")
             model = Transformer.from_tensors(cfg, tensors)
-    except CentelhaError as e:
-        raise CentelhaError(f"{path / 'model.safetensors'}: {e}") from None
+    except CentelhaError as e:  # names from config.json may hold newlines: one line
+        raise CentelhaError(f"{weights}: {' '.join(str(e).split())}") from None
     return model.to(device).eval(), tokenizer
 
 
@@ -175,11 +199,31 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], plain: dict) -> dict:
     return {"state": state, "param_groups": plain["param_groups"]}
 
 
+STEP_NAME = re.compile(r"step_([0-9]+)")
+ASIDE = ".old-"  # prefix of a state renamed aside while its step is saved again
+
+
+def state_step(path: Path) -> int | None:
+    """The step of a state folder name (`step_0000042` → 42), None for any other name."""
+    match = STEP_NAME.fullmatch(path.name)
+    return int(match.group(1)) if match else None
+
+
 def state_dirs(run_dir: Path) -> list[Path]:
+    """The run's complete states, oldest to newest by step (step_9999999 before
+    step_10000000, which a sort by name would get wrong). A state renamed aside by a save
+    that crashed before the new copy was in place stands for its step."""
     root = Path(run_dir) / STATE_DIR
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))
+    by_step: dict[int, Path] = {}
+    for path in root.iterdir():
+        aside = path.name.startswith(ASIDE)
+        step = state_step(path.with_name(path.name.removeprefix(ASIDE)))
+        if step is None or not path.is_dir() or (aside and step in by_step):
+            continue
+        by_step[step] = path  # the real folder wins over an aside copy of the same step
+    return [by_step[step] for step in sorted(by_step)]
 
 
 def latest_state(run_dir: str | Path) -> Path | None:
@@ -218,14 +262,29 @@ def save_training_state(run_dir: str | Path, step: int, model: Transformer,
             _fsync_file(file)
     _fsync_dir(tmp)
     final = root / f"step_{step:07d}"
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync_dir(root)
+    _move_into_place(tmp, final)
     publish_model(run_dir, final / "model.safetensors", model, tokenizer)
     for old in state_dirs(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _aside(state: Path) -> Path:
+    return state.with_name(ASIDE + state.name)
+
+
+def _move_into_place(tmp: Path, final: Path) -> None:
+    """Rename the complete state `tmp` to `final`. An existing `final` is renamed aside
+    first and deleted only afterwards (deleting it first would leave no state of the step
+    if the process died before the second rename)."""
+    aside = _aside(final)
+    if final.exists():
+        shutil.rmtree(aside, ignore_errors=True)  # left by an earlier crash; `final` is whole
+        os.replace(final, aside)
+        _fsync_dir(final.parent)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def publish_model(run_dir: Path, weights: Path, model: Transformer, tokenizer: Tokenizer) -> None:
@@ -261,13 +320,27 @@ def load_training_state(state_dir: Path) -> tuple[dict[str, torch.Tensor], dict 
 
 
 def clean_partial_states(run_dir: str | Path) -> None:
-    """Remove state directories a crash left half-written (they were never renamed)."""
+    """Remove what a crash left behind: half-written state directories (never renamed)
+    and temporary model files. A state renamed aside is moved back if the save that
+    replaced it died before its new copy was in place, and deleted otherwise."""
     root = Path(run_dir) / STATE_DIR
     if root.is_dir():
         for p in root.glob(".tmp-*"):
             shutil.rmtree(p, ignore_errors=True)
+        for p in root.glob(ASIDE + "*"):
+            _restore_aside(p)
     for p in Path(run_dir).glob(".*.safetensors.*"):
         p.unlink(missing_ok=True)
-    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json",
+                 "generation_config.json"):
         for p in Path(run_dir).glob(f".{name}.*"):
             p.unlink(missing_ok=True)
+
+
+def _restore_aside(aside: Path) -> None:
+    final = aside.with_name(aside.name.removeprefix(ASIDE))
+    if state_step(final) is not None and aside.is_dir() and not final.exists():
+        os.replace(aside, final)
+        _fsync_dir(aside.parent)
+    else:
+        shutil.rmtree(aside, ignore_errors=True)

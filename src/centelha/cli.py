@@ -2,6 +2,9 @@
 
 No logic lives here that the library lacks. A `CentelhaError` (bad input) becomes one red
 line on stderr and exit status 1; anything else is a bug and keeps its traceback.
+
+User and model text (prompts, replies, model names, paths) is never read as rich markup:
+it is printed with `markup=False` or inside `Text`, so `a[/]b` prints as typed.
 """
 
 from __future__ import annotations
@@ -11,8 +14,8 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from centelha.errors import CentelhaError
 
@@ -38,7 +41,7 @@ def prepare(
     prepared = prepare_data(inputs, out, vocab_size=vocab_size, kind=tokenizer,
                             val_fraction=val_fraction, redact_personal=redact, seed=seed)
     meta = prepared.meta
-    table = Table(title=f"prepared {out}")
+    table = Table(title=Text(f"prepared {out}"))
     for column in ("split", "documents", "tokens", "shards"):
         table.add_column(column, justify="right" if column != "split" else "left")
     for name, split in meta["splits"].items():
@@ -47,7 +50,7 @@ def prepare(
     console.print(table)
     console.print(f"tokenizer: {meta['tokenizer_kind']}, {meta['vocab_size']:,} tokens, "
                   f"ids stored as {meta['dtype']}; unigram baseline on val: "
-                  f"{meta['unigram_val_loss']:.3f} nats/token")
+                  f"{meta['unigram_val_loss']:.3f} nats/token", markup=False)
 
 
 def _parse_sets(values: list[str]) -> dict:
@@ -71,7 +74,7 @@ def train(
     max_steps: int = typer.Option(None, help="Override train.max_steps"),
     batch_size: int = typer.Option(None, help="Override train.batch_size"),
     lr: float = typer.Option(None, help="Override train.lr"),
-    device: str = typer.Option(None, help="Override train.device (auto, cpu, cuda)"),
+    device: str = typer.Option(None, help="Override train.device (auto, cpu, cuda, cuda:N, mps)"),
     compile: bool = typer.Option(None, "--compile/--no-compile", help="torch.compile the model"),
     set_: list[str] = typer.Option([], "--set", help="Override any key: train.lr=3e-4"),
     stop_after: int = typer.Option(None, help="Stop (checkpointed) after this many steps"),
@@ -101,7 +104,7 @@ def train(
     ppl = f"{result.val_perplexity:.2f}" if result.val_perplexity else "n/a"
     val = f"{result.val_loss:.4f}" if result.val_loss is not None else "n/a"
     console.print(f"step {result.step}: train loss {result.train_loss:.4f}, val loss {val} "
-                  f"(perplexity {ppl}); checkpoint in {result.run_dir}")
+                  f"(perplexity {ppl}); checkpoint in {result.run_dir}", markup=False)
 
 
 SAMPLING_HELP = "0 = greedy"
@@ -129,7 +132,7 @@ def generate(
                         top_k=top_k, top_p=top_p, min_p=min_p,
                         repetition_penalty=repetition_penalty, stop=stop, seed=seed)
     first = next(pieces, "")  # errors (a prompt too long) surface before anything is printed
-    console.print(prompt, style="dim", end="")
+    console.print(Text(prompt, style="dim"), end="", soft_wrap=True)
     sys.stdout.write(first)
     for piece in pieces:
         sys.stdout.write(piece)
@@ -150,30 +153,51 @@ def chat(
     from centelha.api import load
     from centelha.chat import ChatSession
 
-    with console.status(f"loading {model}…"):
+    with console.status(Text(f"loading {model}…")):
         llm = load(model, dtype=dtype)
     session = ChatSession(llm, system, temperature=temperature,
                           max_new_tokens=max_new_tokens, seed=seed)
-    console.print(f"[bold]{model}[/] — type a message; /help for commands, /exit to leave")
+    console.print(Text.assemble((model, "bold"), " — type a message; /help for commands, "
+                                "/exit to leave"))
     while True:
         try:
-            line = console.input("[bold green]>>> [/]")
+            line = console.input(Text(">>> ", style="bold green"))
         except EOFError:
             break
-        try:
-            reply = session.handle(line)
-            if reply.kind == "exit":
-                break
-            if reply.kind == "notice":
-                if reply.text:
-                    console.print(reply.text, style="dim")
-                continue
-            for piece in reply.pieces:
-                sys.stdout.write(piece)
-                sys.stdout.flush()
-            sys.stdout.write("\n")
-        except CentelhaError as e:
-            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+        if not repl_turn(session, line):
+            break
+
+
+def repl_turn(session, line: str) -> bool:
+    """Answer one line of the chat REPL; False when the user leaves. Nothing a user types
+    ends the session by accident: a bad command or setting is one red line, Ctrl-C stops
+    the answer being written, and even a bug is reported in one line, keeping the
+    conversation."""
+    try:
+        reply = session.handle(line)
+        if reply.kind == "exit":
+            return False
+        if reply.kind == "notice":
+            if reply.text:
+                console.print(reply.text, style="dim", markup=False, highlight=False)
+            return True
+        for piece in reply.pieces:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+    except KeyboardInterrupt:
+        sys.stdout.write("\n")
+        console.print("(stopped; that answer is not kept)", style="dim")
+    except CentelhaError as e:
+        print_error(str(e))
+    except Exception as e:  # noqa: BLE001 - a bug must not cost the user their conversation
+        print_error(f"internal error ({type(e).__name__}: {e}); the conversation is kept")
+    return True
+
+
+def print_error(message: str) -> None:
+    err_console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False,
+                      soft_wrap=True)
 
 
 @app.command()
@@ -182,7 +206,13 @@ def serve(
                                                "default: the bundled SmolLM2"),
     host: str = typer.Option("127.0.0.1", help="Address to bind (0.0.0.0 exposes it)"),
     port: int = typer.Option(8000, help="Port"),
-    api_key: str = typer.Option(None, help="Require 'Authorization: Bearer KEY' on /v1"),
+    api_key: str = typer.Option(None, envvar="CENTELHA_API_KEY", show_envvar=True,
+                                help="Require 'Authorization: Bearer KEY' on /v1 (better "
+                                     "from the environment: argv shows in ps and history)"),
+    allowed_host: list[str] = typer.Option([], help="Also answer requests for this host "
+                                           "name (repeatable); loopback names always work"),
+    cors_origin: list[str] = typer.Option([], help="Let web pages from this origin call the "
+                                          "API (repeatable), e.g. http://localhost:3000"),
     max_batch: int = typer.Option(8, help="Requests decoded together per model"),
     max_queue: int = typer.Option(32, help="Requests allowed to wait; more get 503"),
     dtype: str = typer.Option("fp32", help="Weights: fp32, bf16, int8, int4 or native"),
@@ -195,12 +225,14 @@ def serve(
 
     def ready(served) -> None:
         names = ", ".join(m.name for m in served)
-        console.print(f"serving {names} on [bold]http://{host}:{port}/[/] (API at /v1)"
-                      + (" — API key required" if api_key else ""))
+        console.print(Text.assemble(f"serving {names} on ", (f"http://{host}:{port}/", "bold"),
+                                    " (API at /v1)"
+                                    + (" — API key required" if api_key else "")))
 
-    console.print(f"loading {', '.join(sources)}…", style="dim")
+    console.print(f"loading {', '.join(sources)}…", style="dim", markup=False)
     run(sources, host=host, port=port, api_key=api_key, dtype=dtype, max_batch=max_batch,
-        max_queue=max_queue, max_context=max_context, on_ready=ready)
+        max_queue=max_queue, max_context=max_context, allowed_hosts=allowed_host,
+        cors_origins=cors_origin, on_ready=ready)
 
 
 @app.command()
@@ -211,20 +243,13 @@ def convert(
     dtype: str = typer.Option("f16", help="GGUF weights: f32, f16 or q8_0"),
 ) -> None:
     """Export a model as a Hugging Face folder or a GGUF file (llama.cpp, LM Studio)."""
-    from centelha.api import load_model
+    from centelha.formats.convert import convert as export
 
-    model, tokenizer, _ = load_model(source)
-    if to == "hf":
-        from centelha.formats.hf import save_hf
-
-        save_hf(model, tokenizer, out)
-    elif to == "gguf":
-        from centelha.formats.gguf import save_gguf
-
-        save_gguf(model, tokenizer, out, dtype=dtype)
-    else:
-        raise CentelhaError(f"--to must be hf or gguf, not {to!r}")
-    console.print(f"wrote {out}")
+    result = export(source, to, out, dtype=dtype)
+    if result["dequantized"]:
+        console.print(f"dequantized {result['dequantized']} quantized layers to float32 "
+                      "first", style="dim")
+    console.print(f"wrote {out}", markup=False)
 
 
 @app.command()
@@ -243,7 +268,7 @@ def quantize(
     net, tokenizer, _ = load_model(model, dtype=to, group_size=group_size)
     save_model_files(out, net, tokenizer)
     size = (out / "model.safetensors").stat().st_size
-    console.print(f"wrote {out} ({to}, {_human_size(size)})")
+    console.print(f"wrote {out} ({to}, {_human_size(size)})", markup=False)
 
 
 eval_app = typer.Typer(help="Measure a model: perplexity on a text.", no_args_is_help=True)
@@ -295,11 +320,12 @@ def models_list() -> None:
         table.add_column(column)
     for name, entry in registry.entries().items():
         card = registry.card(name)
-        table.add_row(name, card["family"], f"{card['parameters'] / 1e6:,.1f}M",
-                      f"{card['context']:,}", card["quantization"],
-                      _human_size(card["size_bytes"]), entry["path"])
+        cells = (name, card["family"], f"{card['parameters'] / 1e6:,.1f}M",
+                 f"{card['context']:,}", card["quantization"],
+                 _human_size(card["size_bytes"]), entry["path"])
+        table.add_row(*(Text(str(cell)) for cell in cells))
     console.print(table)
-    console.print(f"registry: {registry.registry_file()}", style="dim")
+    console.print(f"registry: {registry.registry_file()}", style="dim", markup=False)
 
 
 @models_app.command("show")
@@ -311,7 +337,7 @@ def models_show(name: str) -> None:
     path = registry.entries()[name]["path"]
     for key, value in {"name": name, "path": path, **card}.items():
         shown = _human_size(value) if key == "size_bytes" else value
-        console.print(f"[bold]{key}[/]: {shown}")
+        console.print(Text.assemble((key, "bold"), f": {shown}"))
 
 
 @models_app.command("add")
@@ -320,7 +346,8 @@ def models_add(path: Path, name: str = typer.Option(..., help="Short name to use
     from centelha import registry
 
     card = registry.add(path, name)["card"]
-    console.print(f"added {name}: {card['family']}, {card['parameters'] / 1e6:,.1f}M parameters")
+    console.print(f"added {name}: {card['family']}, {card['parameters'] / 1e6:,.1f}M parameters",
+                  markup=False)
 
 
 @models_app.command("rm")
@@ -329,7 +356,7 @@ def models_rm(name: str) -> None:
     from centelha import registry
 
     registry.remove(name)
-    console.print(f"removed {name}")
+    console.print(f"removed {name}", markup=False)
 
 
 @app.command()
@@ -343,7 +370,7 @@ def info(model: str = typer.Argument(..., help="Model folder, .gguf file or name
     flops = flops_per_token(cfg)
     console.print(f"family {cfg.family}: {cfg.n_layer} layers, d_model {cfg.d_model}, "
                   f"{cfg.n_head} heads ({cfg.n_kv_head} kv), context {cfg.block_size}, "
-                  f"vocab {cfg.vocab_size} ({tokenizer.kind})")
+                  f"vocab {cfg.vocab_size} ({tokenizer.kind})", markup=False)
     console.print(f"parameters: {count_parameters(net):,}; FLOPs per token at full context: "
                   f"forward {flops['forward']:,}, training {flops['train']:,}")
 
@@ -363,8 +390,7 @@ def main() -> None:
     try:
         app()
     except CentelhaError as e:
-        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False,
-                          soft_wrap=True)
+        print_error(str(e))
         sys.exit(1)
     except KeyboardInterrupt:
         err_console.print("interrupted")

@@ -3,13 +3,16 @@
 Model families are presets of this one config, not separate model code: a family only
 chooses the switches (norm, positions, MLP, biases, tied embeddings, grouped-query
 attention). Unknown keys and impossible shapes are refused with a one-line message,
-because a typo in a YAML file should not silently train the wrong model.
+because a typo in a YAML file should not silently train the wrong model. So are values
+of the wrong type and absurd sizes in a config file (a damaged download): `from_dict`
+checks every field's type before anything is computed from it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +36,53 @@ CHOICES = {
     "pos": ("learned", "rope"),
     "mlp": ("gelu", "swiglu"),
 }
+
+# The kind of value each field takes in a config file ("size": a positive integer).
+FIELD_KINDS = {
+    "family": "str", "norm": "str", "pos": "str", "mlp": "str",
+    "vocab_size": "size", "block_size": "size", "n_layer": "size", "n_head": "size",
+    "d_model": "size", "n_kv_head": "size or null", "head_dim": "size or null",
+    "d_ff": "size or null", "norm_eps": "number", "rope_theta": "number",
+    "dropout": "number", "init_std": "number", "bias": "bool", "qkv_bias": "bool or null",
+    "qk_norm": "bool", "tie_embeddings": "bool", "rope_scaling": "object or null",
+    "extra": "object",
+}
+# Bounds no real model comes near: beyond them a config is a corrupt file, refused
+# before a float (or a tensor) of that size overflows. 2^48 weights is about a thousand
+# times the largest models.
+MAX_SIZE, MAX_WEIGHTS = 1 << 32, 1 << 48
+
+
+def _is_kind(value: Any, kind: str) -> bool:
+    if kind.endswith(" or null"):
+        return value is None or _is_kind(value, kind.removesuffix(" or null"))
+    if kind == "size":
+        return isinstance(value, int) and not isinstance(value, bool) and 0 < value < MAX_SIZE
+    if kind == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and math.isfinite(value)
+    return isinstance(value, {"str": str, "bool": bool, "object": dict}[kind])
+
+
+KIND_NAMES = {"str": "a string", "size": "a positive integer below 2^32",
+              "number": "a finite number", "bool": "true or false", "object": "a JSON object"}
+
+
+def _check_kinds(values: dict[str, Any]) -> None:
+    for key, value in values.items():
+        kind = FIELD_KINDS.get(key)
+        if kind is not None and not _is_kind(value, kind):
+            base = kind.removesuffix(" or null")
+            expected = KIND_NAMES[base] + (" or null" if kind != base else "")
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            raise CentelhaError(f"model.{key} must be {expected}, not {shown}")
+
+
+def _weights(cfg: ModelConfig) -> int:
+    """Roughly how many weights the config describes (exact ints, no overflow)."""
+    attention = cfg.d_model * (2 * cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim
+    layer = attention + 3 * cfg.d_model * cfg.d_ff
+    return cfg.n_layer * layer + (2 * cfg.vocab_size + cfg.block_size) * cfg.d_model
 
 
 @dataclass
@@ -113,8 +163,17 @@ class ModelConfig:
             raise CentelhaError(
                 f"unknown model config key {unknown[0]!r} (known keys: {', '.join(sorted(known))})"
             )
+        _check_kinds(values)
         preset = FAMILY_PRESETS.get(family, {})
-        return cls(**{**preset, **values})
+        cfg = cls(**{**preset, **values})
+        if cfg.init_std < 0:
+            raise CentelhaError(f"model.init_std must not be negative, not {cfg.init_std}")
+        if cfg.rope_theta <= 0:
+            raise CentelhaError(f"model.rope_theta must be positive, not {cfg.rope_theta}")
+        if _weights(cfg) > MAX_WEIGHTS:
+            raise CentelhaError(f"the model config describes {_weights(cfg)} weights, far "
+                                "beyond any real model (2^48): a corrupt file?")
+        return cfg
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -125,9 +184,11 @@ class ModelConfig:
     @classmethod
     def load(cls, path: str | Path) -> ModelConfig:
         try:
-            values = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as e:
+            values = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CentelhaError(f"{path} is not valid JSON: {e}") from None
+        except RecursionError:
+            raise CentelhaError(f"{path} is not valid JSON: nested too deeply") from None
         if not isinstance(values, dict):
             raise CentelhaError(f"{path} must hold a JSON object")
         return cls.from_dict(values)

@@ -14,6 +14,13 @@ Design choices a reader should know:
 - Each row keeps its own length, positions and sampling state (settings, seed,
   repetition history), so a request's output does not depend on who shares the batch:
   the same greedy request gives the same tokens alone or in a crowd.
+- `vocab_size`: the tokenizer's size. Models often pad their embedding past it (Qwen2:
+  151,665 tokens in 151,936 rows); ids beyond it mean nothing, so they are never sampled
+  and log-probabilities are over the real tokens only.
+- `stream` and `generate_batch` drive the engine alone: each refuses to start while
+  other requests are active, and `add` refuses newcomers while one of them runs, because
+  the tokens of a request they did not add would have nowhere to go. Sharing an engine
+  between callers is the scheduler's job (`serve.Scheduler`), through add/step/remove.
 """
 
 from __future__ import annotations
@@ -77,13 +84,16 @@ def log_probabilities(logits: torch.Tensor, token: int,
 
 class Engine:
     def __init__(self, model: Transformer, max_batch: int = 8, max_len: int | None = None,
-                 prefill_chunk: int = 512):
+                 prefill_chunk: int = 512, vocab_size: int | None = None):
         self.model = model.eval()
         self.max_batch = max_batch
         self.cache = model.new_cache(max_batch, max_len)
         self.prefill_chunk = prefill_chunk
+        rows = model.cfg.vocab_size
+        self.vocab_size = rows if vocab_size is None else min(vocab_size, rows)
         self.active: list[Active] = []
         self.lock = threading.Lock()  # one forward pass at a time
+        self.driver: str | None = None  # the front door driving the engine alone, if any
 
     @property
     def context(self) -> int:
@@ -102,10 +112,24 @@ class Engine:
             raise CentelhaError(f"the prompt is {n} tokens long; this model's context holds "
                                 f"{self.context}, leaving no room to generate")
 
-    @torch.inference_mode()
     def add(self, request: Request) -> Token | None:
         """Prefill `request` into a free row and return its first token (None if its budget
-        is 0). Raises CentelhaError when the prompt does not fit or the batch is full."""
+        is 0). Raises CentelhaError when the prompt does not fit, the batch is full, or
+        `stream`/`generate_batch` is driving the engine."""
+        if self.driver is not None:
+            raise CentelhaError(f"this engine is running {self.driver}, which drives it "
+                                "alone; share an engine through serve.Scheduler")
+        return self._add(request)
+
+    def _claim(self, driver: str) -> None:
+        if self.driver is not None or self.active:
+            busy = self.driver or f"{len(self.active)} other request(s)"
+            raise CentelhaError(f"{driver} needs the engine to itself, and it is busy with "
+                                f"{busy}; share an engine through serve.Scheduler")
+        self.driver = driver
+
+    @torch.inference_mode()
+    def _add(self, request: Request) -> Token | None:
         self.check(request)
         if not self.free_rows:
             raise CentelhaError("the engine's batch is full")
@@ -141,7 +165,7 @@ class Engine:
 
     def emit(self, state: Active, logits: torch.Tensor) -> Token:
         sampling = state.request.sampling
-        logits = logits.float().cpu()
+        logits = logits[:self.vocab_size].float().cpu()
         processed = process_logits(logits, state.seen, sampling, state.counts)
         token = choose_token(processed, sampling, state.generator)
         state.last_token = token
@@ -181,32 +205,40 @@ class Engine:
 
     # -- front doors --------------------------------------------------------------------
     def stream(self, request: Request) -> Iterator[Token]:
-        """Tokens of one request as they are made (other requests may share the batch)."""
-        first = self.add(request)
-        if first is None:
-            return
-        yield first
-        done = first.finish_reason is not None
+        """Tokens of one request as they are made; the engine is this request's alone
+        until the stream ends (or is closed)."""
+        self._claim("a stream")
         try:
+            first = self._add(request)
+            if first is None:
+                return
+            yield first
+            done = first.finish_reason is not None
             while not done:
-                for token in self.step():
-                    if token.request_id == request.id:
-                        yield token
-                        done = token.finish_reason is not None
+                (token,) = self.step()
+                yield token
+                done = token.finish_reason is not None
         finally:
             self.remove(request.id)
+            self.driver = None
 
     def generate_batch(self, requests: list[Request]) -> list[list[int]]:
         """Run many requests to completion together; their new token ids, in order."""
         for request in requests:
             self.check(request)
+        self._claim("generate_batch")
         results: dict[int, list[int]] = {r.id: [] for r in requests}
         waiting = list(requests)
-        while waiting or self.active:
-            while waiting and self.free_rows:
-                first = self.add(waiting.pop(0))
-                if first is not None:
-                    results[first.request_id].append(first.token)
-            for token in self.step():
-                results[token.request_id].append(token.token)
+        try:
+            while waiting or self.active:
+                while waiting and self.free_rows:
+                    first = self._add(waiting.pop(0))
+                    if first is not None:
+                        results[first.request_id].append(first.token)
+                for token in self.step():
+                    results[token.request_id].append(token.token)
+        finally:
+            for state in list(self.active):
+                self.remove(state.request.id)
+            self.driver = None
         return [results[r.id] for r in requests]

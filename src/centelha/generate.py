@@ -10,6 +10,7 @@ tokens), and text that could still become a stop string is held back until it ca
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -18,6 +19,46 @@ import torch
 from centelha.errors import CentelhaError
 from centelha.model import Transformer
 from centelha.tokenizer import Tokenizer
+
+# torch.Generator takes any 64-bit seed, signed or not
+MIN_SEED, MAX_SEED = -(2**63), 2**64 - 1
+MAX_STOP_CHARS = 256  # a stop string is matched against the text after every token
+MAX_STOPS = 16
+MAX_TEMPERATURE = 100.0
+MIN_TEMPERATURE = 1e-5  # below this, logits / temperature can overflow float32: greedy
+
+
+def _check_int(name: str, value, low: int | None = None, high: int | None = None) -> None:
+    """`value` is an int (not a bool, not 5.5) within [low, high], or a CentelhaError."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise CentelhaError(f"{name} must be an integer, not {value!r}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise CentelhaError(f"{name} must be {_range(low, high)}, not {value}")
+
+
+def _check_number(name: str, value, low: float, high: float) -> None:
+    """`value` is a finite int or float within [low, high], or a CentelhaError."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise CentelhaError(f"{name} must be a number, not {value!r}")
+    if not low <= value <= high:  # NaN fails this too
+        raise CentelhaError(f"{name} must be {_range(low, high)}, not {value}")
+
+
+def _range(low, high) -> str:
+    if high is None:
+        return f"at least {low}"
+    return f"between {low} and {high}"
+
+
+def _check_stops(stop) -> None:
+    if not isinstance(stop, list | tuple) or not all(isinstance(s, str) for s in stop):
+        raise CentelhaError(f"stop must be a list of strings, not {stop!r}")
+    if len(stop) > MAX_STOPS:
+        raise CentelhaError(f"at most {MAX_STOPS} stop strings, not {len(stop)}")
+    for s in stop:
+        if len(s) > MAX_STOP_CHARS:
+            raise CentelhaError(f"a stop string is at most {MAX_STOP_CHARS} characters; "
+                                f"this one has {len(s)}")
 
 
 @dataclass
@@ -34,21 +75,30 @@ class SamplingConfig:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 0:
-            raise CentelhaError("max_new_tokens must be 0 or more")
-        if self.temperature < 0:
-            raise CentelhaError("temperature must be 0 (greedy) or more")
-        if self.top_k is not None and self.top_k < 1:
-            raise CentelhaError("top_k must be at least 1")
+        _check_int("max_new_tokens", self.max_new_tokens, low=0)
+        _check_number("temperature", self.temperature, low=0.0, high=MAX_TEMPERATURE)
+        if self.top_k is not None:
+            _check_int("top_k", self.top_k, low=1)
         for name in ("top_p", "min_p"):
             value = getattr(self, name)
-            if value is not None and not 0.0 < value <= 1.0:
-                raise CentelhaError(f"{name} must be in (0, 1], not {value}")
-        if self.repetition_penalty <= 0:
+            if value is not None:
+                _check_number(name, value, low=0.0, high=1.0)
+                if value == 0.0:
+                    raise CentelhaError(f"{name} must be in (0, 1], not 0")
+        _check_number("repetition_penalty", self.repetition_penalty, low=0.0, high=100.0)
+        if self.repetition_penalty == 0.0:
             raise CentelhaError("repetition_penalty must be positive")
         for name in ("presence_penalty", "frequency_penalty"):
-            if not -2.0 <= getattr(self, name) <= 2.0:
-                raise CentelhaError(f"{name} must be between -2 and 2")
+            _check_number(name, getattr(self, name), low=-2.0, high=2.0)
+        _check_stops(self.stop)
+        if self.seed is not None:
+            _check_int("seed", self.seed, low=MIN_SEED, high=MAX_SEED)
+
+    @property
+    def greedy(self) -> bool:
+        """Temperature 0, or so close to it that dividing by it would overflow the logits:
+        sampling then is the argmax anyway (its limit as the temperature goes to 0)."""
+        return self.temperature < MIN_TEMPERATURE
 
     @property
     def counts_tokens(self) -> bool:
@@ -109,7 +159,7 @@ def process_logits(logits: torch.Tensor, seen: torch.Tensor, cfg: SamplingConfig
     vocabulary entry was generated (presence/frequency penalties)."""
     logits = apply_repetition_penalty(logits.float(), seen, cfg.repetition_penalty)
     logits = apply_openai_penalties(logits, counts, cfg.presence_penalty, cfg.frequency_penalty)
-    if cfg.temperature == 0:
+    if cfg.greedy:
         return logits
     logits = logits / cfg.temperature
     if cfg.top_k is not None:
@@ -123,7 +173,7 @@ def process_logits(logits: torch.Tensor, seen: torch.Tensor, cfg: SamplingConfig
 
 def choose_token(logits: torch.Tensor, cfg: SamplingConfig,
                  generator: torch.Generator | None) -> int:
-    if cfg.temperature == 0:
+    if cfg.greedy:
         return int(logits.argmax())
     probs = logits.softmax(-1)
     return int(torch.multinomial(probs, 1, generator=generator))
@@ -140,14 +190,17 @@ def make_generator(seed: int | None) -> torch.Generator:
 
 
 def generate_ids(model: Transformer, prompt_ids: list[int], cfg: SamplingConfig,
-                 stop_ids: set[int] | frozenset = frozenset()) -> Iterator[int]:
+                 stop_ids: set[int] | frozenset = frozenset(),
+                 vocab_size: int | None = None) -> Iterator[int]:
     """Yield new token ids one at a time: the prompt is prefilled once, then each step
     feeds only the newest token through the model, reading the rest from the KV cache.
-    This is the engine's single-request path, with a cache just long enough for it."""
+    This is the engine's single-request path, with a cache just long enough for it.
+    `vocab_size`: the tokenizer's, when the model's embedding is padded past it."""
     from centelha.engine import Engine, Request  # the engine samples with this module
 
     length = len(prompt_ids) + max(1, cfg.max_new_tokens)
-    engine = Engine(model, max_batch=1, max_len=min(model.cfg.block_size, length))
+    engine = Engine(model, max_batch=1, max_len=min(model.cfg.block_size, length),
+                    vocab_size=vocab_size)
     for token in engine.stream(Request(list(prompt_ids), cfg, frozenset(stop_ids))):
         yield token.token
 
@@ -166,7 +219,11 @@ def _held_back(text: str, stops: list[str]) -> int:
 def prompt_ids(tokenizer: Tokenizer, prompt: str, special: bool = False) -> list[int]:
     """Ids of a prompt: BOS first where the model expects it; `special` parses special-token
     text (chat templates write `<|im_start|>` and friends as text)."""
-    ids = tokenizer.encode(prompt, allow_special=special)
+    return with_bos(tokenizer, tokenizer.encode(prompt, allow_special=special))
+
+
+def with_bos(tokenizer: Tokenizer, ids: list[int]) -> list[int]:
+    """`ids` with BOS in front where the model expects it and it is not there yet."""
     if tokenizer.add_bos and (not ids or ids[0] != tokenizer.bos_id):
         ids = [tokenizer.bos_id, *ids]
     return ids
@@ -232,7 +289,8 @@ def generate(model: Transformer, tokenizer: Tokenizer, prompt: str,
     a stop string or the token budget."""
     cfg = cfg or SamplingConfig()
     ids = prompt_ids(tokenizer, prompt, special)
-    yield from stream_text(tokenizer, generate_ids(model, ids, cfg, tokenizer.stop_ids), cfg.stop)
+    tokens = generate_ids(model, ids, cfg, tokenizer.stop_ids, tokenizer.vocab_size)
+    yield from stream_text(tokenizer, tokens, cfg.stop)
 
 
 def complete(model: Transformer, tokenizer: Tokenizer, prompt: str,

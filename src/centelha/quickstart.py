@@ -15,6 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.panel import Panel
+from rich.text import Text
 
 from centelha.checkpoint import load_checkpoint
 from centelha.data import prepare
@@ -46,7 +47,7 @@ def run_quickstart(workdir: str | Path, console: Console, max_steps: int | None 
     splits = prepared.meta["splits"]
     console.print(f"{len(prepared.meta['sources'])} novels → byte-level BPE with 4,096 tokens → "
                   f"{splits['train']['tokens']:,} train / {splits['val']['tokens']:,} val tokens "
-                  f"in {data_dir}")
+                  f"in {data_dir}", markup=False)
 
     console.rule("2. pretrain: next-token prediction on 2 CPU cores")
     if (run_dir / "run.yaml").is_file():
@@ -58,7 +59,9 @@ def run_quickstart(workdir: str | Path, console: Console, max_steps: int | None 
     model, tokenizer = load_checkpoint(run_dir)
     for name, sampling in STRATEGIES.items():
         text = complete(model, tokenizer, PROMPT, sampling)
-        console.print(Panel(f"[dim]{PROMPT}[/]{text}", title=name, title_align="left"))
+        # model text is never markup: a "[/]" it writes must print as written
+        console.print(Panel(Text.assemble((PROMPT, "dim"), text), title=Text(name),
+                            title_align="left"))
 
     baseline = prepared.meta["unigram_val_loss"]
     seconds = time.perf_counter() - started
@@ -67,10 +70,11 @@ def run_quickstart(workdir: str | Path, console: Console, max_steps: int | None 
                   f"{math.exp(result.val_loss):.1f}) vs unigram baseline {baseline:.3f} "
                   f"(perplexity {math.exp(baseline):.1f}); {result.params:,} parameters, "
                   f"{result.tokens:,} tokens seen, {seconds:.0f} s in all")
-    console.print(f"checkpoint: {run_dir}  (loss curve: {run_dir / 'loss.png'})")
+    console.print(f"checkpoint: {run_dir}  (loss curve: {run_dir / 'loss.png'})", markup=False)
     console.print("next: centelha generate " + str(run_dir) +
                   ' --prompt "Era uma vez" --temperature 0.8 --top-p 0.95 --seed 1\n'
                   "      centelha prepare my-texts/ --out data/mine --vocab-size 4096\n"
-                  "      centelha train --config tiny --data data/mine --out runs/mine")
+                  "      centelha train --config tiny --data data/mine --out runs/mine",
+                  markup=False)
     return {"val_loss": result.val_loss, "unigram_val_loss": baseline, "seconds": seconds,
             "run_dir": str(run_dir)}

@@ -5,10 +5,20 @@ Templates are the Jinja2 programs that ship with models (`tokenizer_config.json`
 in Jinja2's immutable sandbox: no attribute access to Python internals, no file or
 network access. A model without a template (a base model trained here) gets a plain
 "User:/Assistant:" layout, so `chat` still works on it.
+
+`encode_chat` turns a conversation into token ids. Special tokens (`<|im_start|>`, …) come
+only from the template's own text: a message whose content spells one ("hi<|im_end|>
+<|im_start|>system …") gets ordinary tokens for that text, so no user can forge a role or
+end a turn. How: the prompt is rendered a second time with every special-token text in
+the contents replaced by placeholders of the same length; a special token of the real
+prompt is the template's only if the second rendering has it at the same place.
 """
 
 from __future__ import annotations
 
+import difflib
+import re
+from collections.abc import Callable
 from datetime import datetime
 
 from jinja2 import TemplateError
@@ -63,3 +73,40 @@ def render_chat(template: str | None, messages: list[dict], bos_token: str = "",
         raise
     except (TemplateError, TypeError, ValueError, KeyError) as e:
         raise CentelhaError(f"the chat template failed: {e}") from None
+
+
+def encode_chat(tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+    """Token ids of the conversation rendered by `tokenizer`'s chat template (no BOS added),
+    where message contents never become special tokens."""
+    def render(conversation: list[dict]) -> str:
+        return render_chat(tokenizer.chat_template, conversation, tokenizer.bos_token,
+                           tokenizer.eos_token, add_generation_prompt)
+
+    text = render(messages)
+    ids, offsets = tokenizer.encode_with_offsets(text, allow_special=True)
+    specials = tokenizer.special_ids
+    contents = [m["content"] for m in messages]
+    if not any(token in content for content in contents for token in specials):
+        return ids  # nothing in the contents can be mistaken for a special token
+    pattern = re.compile("|".join(re.escape(t) for t in sorted(specials, key=len, reverse=True)))
+    placeholders = [{**m, "content": pattern.sub(lambda hit: "\ue000" * len(hit[0]), m["content"])}
+                    for m in messages]
+    by_template = same_place(text, render(placeholders))
+    out = []
+    for token, (start, end) in zip(ids, offsets, strict=True):
+        if token in tokenizer.special_tokens and not by_template(start, end):
+            out += tokenizer.encode(text[start:end])  # the same text, as ordinary tokens
+        else:
+            out.append(token)
+    return out
+
+
+def same_place(text: str, reference: str) -> Callable[[int, int], bool]:
+    """Whether text[start:end] equals `reference` at the same place. With placeholders of
+    the same length, that is all of `text` outside them; a template that changes the
+    contents' lengths is aligned by difflib instead (slower, and rarely needed)."""
+    if len(text) == len(reference):
+        return lambda start, end: text[start:end] == reference[start:end]
+    matcher = difflib.SequenceMatcher(None, text, reference, autojunk=False)
+    blocks = matcher.get_matching_blocks()
+    return lambda start, end: any(a <= start and end <= a + size for a, _, size in blocks)

@@ -10,7 +10,9 @@ Two kinds, both saved as one `tokenizer.json` that HF `tokenizers` reads:
 
 Beside `tokenizer.json`, an optional `tokenizer_config.json` (Hugging Face's name and
 keys) holds what the vocabulary alone does not say: the chat template, the BOS/EOS
-tokens and whether prompts start with BOS.
+tokens and whether prompts start with BOS; and an optional `generation_config.json`
+(Hugging Face's too) lists every token that ends a generation (`eos_token_id`), when
+there are more than EOS and `<|endoftext|>` (Llama 3's `<|eot_id|>`, GGUF's eot/eom).
 
 Design choices a reader should know:
 - Decoding goes through a table of each token's bytes, not through the library's
@@ -110,9 +112,31 @@ class Tokenizer:
             raise CentelhaError(f"tokenizer file not found: {path}")
         try:
             hf = HFTokenizer.from_file(str(path))
-        except Exception as e:  # the Rust side raises plain Exception for bad files
-            raise CentelhaError(f"{path} is not a valid tokenizer.json: {e}") from None
-        return cls(hf, read_tokenizer_config(path.parent / "tokenizer_config.json"))
+        except BaseException as e:
+            # The Rust side raises plain Exception for bad files, and for some of them
+            # panics: pyo3's PanicException derives from BaseException. Anything else
+            # (KeyboardInterrupt, SystemExit) goes on.
+            if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
+                raise
+            # its message may quote the file, newlines included: keep it to one line
+            detail = " ".join(str(e).split())
+            raise CentelhaError(f"{path} is not a valid tokenizer.json: {detail}") from None
+        tokenizer = cls(hf, read_tokenizer_config(path.parent / "tokenizer_config.json"))
+        tokenizer.stop_ids |= read_stop_ids(path.parent / "generation_config.json",
+                                            tokenizer.vocab_size)
+        return tokenizer
+
+    @property
+    def extra_stop_ids(self) -> set[int]:
+        """Stop ids beyond EOS and <|endoftext|>: the ones a file must list to keep."""
+        return self.stop_ids - {self.eot_id, self.eos_id}
+
+    def generation_config(self) -> dict:
+        """Hugging Face's generation_config.json keys for this tokenizer's stop ids."""
+        config: dict = {"eos_token_id": sorted(self.stop_ids)}
+        if self.bos_id is not None:
+            config["bos_token_id"] = self.bos_id
+        return config
 
     def files(self) -> dict[str, str]:
         """The files that save this tokenizer: name → text."""
@@ -120,6 +144,9 @@ class Tokenizer:
         if self.config:
             files["tokenizer_config.json"] = json.dumps(self.config, indent=2,
                                                         ensure_ascii=False) + "\n"
+        if self.extra_stop_ids:
+            files["generation_config.json"] = json.dumps(self.generation_config(),
+                                                         indent=2) + "\n"
         return files
 
     def save(self, folder: str | Path) -> None:
@@ -137,6 +164,13 @@ class Tokenizer:
         spelt as ordinary characters unless `allow_special`, so data cannot forge them."""
         self.hf.encode_special_tokens = not allow_special
         return self.hf.encode(text, add_special_tokens=False).ids
+
+    def encode_with_offsets(self, text: str, allow_special: bool = False
+                            ) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids of `text` and each token's (start, end) character span in it."""
+        self.hf.encode_special_tokens = not allow_special
+        encoding = self.hf.encode(text, add_special_tokens=False)
+        return encoding.ids, encoding.offsets
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Many texts at once, on all cores (the Rust side parallelises)."""
@@ -183,9 +217,23 @@ def read_tokenizer_config(path: Path) -> dict:
         return {}
     try:
         values = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise CentelhaError(f"{path} is not valid JSON: {e}") from None
     return values if isinstance(values, dict) else {}
+
+
+def read_stop_ids(path: Path, vocab_size: int) -> set[int]:
+    """The `eos_token_id` (one id or a list) of a generation_config.json, if there is one."""
+    if not path.is_file():
+        return set()
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise CentelhaError(f"{path} is not valid JSON: {e}") from None
+    eos = values.get("eos_token_id") if isinstance(values, dict) else None
+    ids = eos if isinstance(eos, list) else [eos]
+    return {i for i in ids if isinstance(i, int) and not isinstance(i, bool)
+            and 0 <= i < vocab_size}
 
 
 BYTE_INDEX = {t: b for b, t in enumerate(BYTE_TOKENS)}

@@ -8,8 +8,12 @@ type, offset) followed by the tensor data. Design choices a reader should know:
   the header: an array that claims 2^60 items makes it walk the file item by item. Here
   every count and length is checked against the bytes left in the file *before* it is
   used, and every tensor's offset + size is checked against the file's size, so a
-  truncated or corrupt file fails with one line instead of a huge allocation. The file
-  is memory-mapped; a tensor's bytes are touched only when it is dequantized.
+  truncated or corrupt file fails with one line instead of a huge allocation. Arrays of
+  arrays nest at most `MAX_ARRAY_DEPTH` deep (deeper is a corrupt or hostile file, and
+  would exhaust Python's recursion limit). The file is memory-mapped; a tensor's bytes
+  are touched only when it is dequantized.
+- `read_gguf_shapes` is `load_gguf` without the data: the same config and the same
+  shape checks, every tensor a meta tensor (the model card is made from it).
 - Dequantization is `gguf.quants.dequantize`, the numpy code the llama.cpp project keeps
   in step with ggml. GGUF lists shapes fastest-dimension first (ggml order), so a
   [vocab, d] embedding is stored as (d, vocab): shapes are reversed on reading.
@@ -57,7 +61,7 @@ from centelha.errors import CentelhaError
 from centelha.model import Transformer
 from centelha.tokenizer import Tokenizer
 
-__all__ = ["load_gguf", "save_gguf"]
+__all__ = ["load_gguf", "read_gguf_shapes", "save_gguf"]
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3", "gpt2")
 PERMUTED_ARCHITECTURES = ("llama",)  # Q/K rows interleaved by llama.cpp's converter
@@ -68,6 +72,10 @@ EXPORT_FILE_TYPES = {"f32": LlamaFileType.ALL_F32, "f16": LlamaFileType.MOSTLY_F
                      "q8_0": LlamaFileType.MOSTLY_Q8_0}
 MAX_CONTEXT = 1 << 24  # a context_length above 16M positions is a corrupt header
 MAX_MERGE_TOKEN = 128  # SentencePiece pieces longer than this take part in no merge
+# stop ids beyond llama.cpp's eos/eot/eom keys, in a key of our own that llama.cpp ignores
+STOP_IDS_KEY = "centelha.stop_token_ids"
+MAX_ARRAY_DEPTH = 8  # arrays of arrays of ...: real files nest one or two levels
+COMPARE_CHUNK = 1 << 20  # bytes compared at a time when telling a tied head from its copy
 
 # ------------------------------------------------------------------------------------------
 # Reading the container
@@ -124,6 +132,12 @@ def _dense(value: torch.Tensor | QuantizedRows) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(values)).reshape(value.shape)
 
 
+def _shown(text: str) -> str:
+    """A key or tensor name as an error message shows it: quoted and escaped when it holds
+    control characters (a newline in a corrupt name must not split the message)."""
+    return text if text.isprintable() else repr(text)
+
+
 class _Cursor:
     """Little-endian values read from a buffer; never reads past its end."""
 
@@ -155,17 +169,21 @@ class _Cursor:
         except UnicodeDecodeError:
             raise CentelhaError(f"{self.path}: {what} is not valid UTF-8") from None
 
-    def value(self, vtype: int, what: str) -> Any:
+    def value(self, vtype: int, what: str, depth: int = 0) -> Any:
+        """A value of type `vtype`; `depth` counts the arrays it sits in."""
         if vtype in SCALAR_FORMATS:
             return self.scalar(SCALAR_FORMATS[vtype], what)
         if vtype == STRING:
             return self.string(what)
         if vtype == ARRAY:
+            if depth >= MAX_ARRAY_DEPTH:
+                raise CentelhaError(f"{self.path} is corrupt: {what} nests arrays more than "
+                                    f"{MAX_ARRAY_DEPTH} deep (the limit)")
             item_type, count = self.scalar("<I", what), self.scalar("<Q", what)
-            return self.array(item_type, count, what)
+            return self.array(item_type, count, what, depth + 1)
         raise CentelhaError(f"{self.path}: {what} has unknown value type {vtype}")
 
-    def array(self, item_type: int, count: int, what: str) -> Any:
+    def array(self, item_type: int, count: int, what: str, depth: int) -> Any:
         if item_type in ARRAY_DTYPES:  # numbers: one copy out of the map, no Python loop
             dtype = np.dtype(ARRAY_DTYPES[item_type])
             self.need(count * dtype.itemsize, what)
@@ -176,7 +194,7 @@ class _Cursor:
             raise CentelhaError(f"{self.path}: {what} has unknown item type {item_type}")
         # A lying count fails here, before the loop.
         self.need(count * MIN_ITEM_BYTES[item_type], what)
-        return [self.value(item_type, what) for _ in range(count)]
+        return [self.value(item_type, what, depth) for _ in range(count)]
 
 
 class _GGUFFile:
@@ -210,12 +228,18 @@ class _GGUFFile:
         return torch.from_numpy(values.reshape(info.shape))
 
     def same_bytes(self, a: str, b: str) -> bool:
-        """Whether two tensors hold identical data (compared in place, without copies)."""
+        """Whether two tensors hold identical data. Compared a chunk at a time in the map:
+        two different matrices differ in their first chunk, so this costs about nothing
+        unless the file really stores a tied head twice."""
         x, y = self.tensors[a], self.tensors[b]
         if (x.qtype, x.shape) != (y.qtype, y.shape):
             return False
-        return bool(np.array_equal(np.frombuffer(self.data, np.uint8, x.nbytes, x.offset),
-                                   np.frombuffer(self.data, np.uint8, y.nbytes, y.offset)))
+        for start in range(0, x.nbytes, COMPARE_CHUNK):
+            size = min(COMPARE_CHUNK, x.nbytes - start)
+            if not np.array_equal(np.frombuffer(self.data, np.uint8, size, x.offset + start),
+                                  np.frombuffer(self.data, np.uint8, size, y.offset + start)):
+                return False
+        return True
 
     def close(self) -> None:
         try:
@@ -261,7 +285,8 @@ def _parse(path: Path, data: mmap.mmap) -> _GGUFFile:
         key = cur.string("a metadata key")
         if key in metadata:
             raise CentelhaError(f"{path} is corrupt: metadata key {key!r} appears twice")
-        metadata[key] = cur.value(cur.scalar("<I", f"metadata {key}"), f"metadata {key}")
+        what = f"metadata {_shown(key)}"
+        metadata[key] = cur.value(cur.scalar("<I", what), what)
     entries = [_tensor_entry(cur) for _ in range(n_tensors)]
     alignment = metadata.get("general.alignment", 32)
     if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
@@ -277,31 +302,35 @@ def _parse(path: Path, data: mmap.mmap) -> _GGUFFile:
 
 def _tensor_entry(cur: _Cursor) -> tuple[str, list[int], int, int]:
     name = cur.string("a tensor name")
-    n_dims = cur.scalar("<I", f"tensor {name}")
+    what = f"tensor {_shown(name)}"
+    n_dims = cur.scalar("<I", what)
     if not 1 <= n_dims <= 4:
-        raise CentelhaError(f"{cur.path} is corrupt: tensor {name} has {n_dims} dimensions")
-    dims = [cur.scalar("<Q", f"tensor {name}") for _ in range(n_dims)]
-    return name, dims, cur.scalar("<I", f"tensor {name}"), cur.scalar("<Q", f"tensor {name}")
+        raise CentelhaError(f"{cur.path} is corrupt: {what} has {n_dims} dimensions")
+    dims = [cur.scalar("<Q", what) for _ in range(n_dims)]
+    return name, dims, cur.scalar("<I", what), cur.scalar("<Q", what)
 
 
 def _tensor_info(path: Path, name: str, dims: list[int], type_id: int, offset: int,
                  file_size: int) -> _TensorInfo:
     readable = ", ".join(t.name for t in READABLE_TYPES)
+    shown = _shown(name)
     try:
         qtype = GGMLQuantizationType(type_id)
     except ValueError:
-        raise CentelhaError(f"{path}: tensor {name} has unknown type id {type_id} "
+        raise CentelhaError(f"{path}: tensor {shown} has unknown type id {type_id} "
                             f"(supported: {readable})") from None
     if qtype not in READABLE_TYPES:
-        raise CentelhaError(f"{path}: tensor {name} is {qtype.name}, which centelha cannot "
+        raise CentelhaError(f"{path}: tensor {shown} is {qtype.name}, which centelha cannot "
                             f"read (supported: {readable})")
+    if 0 in dims:
+        raise CentelhaError(f"{path} is corrupt: tensor {shown} has a dimension of size 0")
     block, block_bytes = GGML_QUANT_SIZES[qtype]
     if dims[0] % block:
-        raise CentelhaError(f"{path} is corrupt: tensor {name} has rows of {dims[0]} values, "
+        raise CentelhaError(f"{path} is corrupt: tensor {shown} has rows of {dims[0]} values, "
                             f"not a multiple of {qtype.name}'s block of {block}")
     nbytes = math.prod(dims) // block * block_bytes
     if offset + nbytes > file_size:
-        raise CentelhaError(f"{path} is truncated or corrupt: tensor {name} ({nbytes} bytes at "
+        raise CentelhaError(f"{path} is truncated or corrupt: tensor {shown} ({nbytes} bytes at "
                             f"offset {offset}) runs past the end of the file ({file_size} bytes)")
     return _TensorInfo(name, tuple(reversed(dims)), qtype, offset, nbytes)
 
@@ -340,6 +369,9 @@ def _config(gguf: _GGUFFile) -> ModelConfig:
                             f"(supported: {', '.join(ARCHITECTURES)})")
     if "token_embd.weight" not in gguf.tensors:
         raise CentelhaError(f"{gguf.path} lacks the tensor token_embd.weight")
+    if len(gguf.tensors["token_embd.weight"].shape) != 2:
+        raise CentelhaError(f"{gguf.path}: token_embd.weight is not a matrix (shape "
+                            f"{gguf.tensors['token_embd.weight'].shape})")
     vocab_size, d_model = gguf.tensors["token_embd.weight"].shape
 
     def get(key, kind=int, default=_MISSING):
@@ -488,11 +520,13 @@ def _unpermute(w: torch.Tensor | QuantizedRows, n_heads: int) -> torch.Tensor | 
 
 class _Taker:
     """Dequantizes tensors by GGUF name, after checking the shape the config implies
-    (before any data is read), and remembers which tensors were used."""
+    (before any data is read), and remembers which tensors were used. With `shapes_only`
+    it hands out meta tensors: the same checks, no data read."""
 
-    def __init__(self, gguf: _GGUFFile, arch: str, keep_quantized: bool = False):
+    def __init__(self, gguf: _GGUFFile, arch: str, keep_quantized: bool = False,
+                 shapes_only: bool = False):
         self.gguf, self.arch, self.used = gguf, arch, {"rope_freqs.weight"}
-        self.keep_quantized = keep_quantized
+        self.keep_quantized, self.shapes_only = keep_quantized, shapes_only
 
     def __call__(self, name: str, *shape: int) -> torch.Tensor:
         info = self.gguf.tensors.get(name)
@@ -503,6 +537,8 @@ class _Taker:
             raise CentelhaError(f"{self.gguf.path}: tensor {name} has shape {info.shape}, the "
                                 f"metadata implies {shape}")
         self.used.add(name)
+        if self.shapes_only:
+            return torch.empty(shape, device="meta")
         if self.keep_quantized and name != "token_embd.weight":  # embeddings are looked up
             raw = self.gguf.raw_rows(name)
             if raw is not None:
@@ -510,10 +546,10 @@ class _Taker:
         return self.gguf.tensor(name)
 
 
-def _tensors(gguf: _GGUFFile, cfg: ModelConfig,
-             keep_quantized: bool = False) -> dict[str, torch.Tensor | QuantizedRows]:
+def _tensors(gguf: _GGUFFile, cfg: ModelConfig, keep_quantized: bool = False,
+             shapes_only: bool = False) -> dict[str, torch.Tensor | QuantizedRows]:
     arch = cfg.extra["gguf_architecture"]
-    take = _Taker(gguf, arch, keep_quantized)
+    take = _Taker(gguf, arch, keep_quantized, shapes_only)
     d, d_ff = cfg.d_model, cfg.d_ff
     out = {"tok_emb.weight": take("token_embd.weight", cfg.vocab_size, d)}
     if cfg.pos == "learned":
@@ -543,7 +579,8 @@ def _tensors(gguf: _GGUFFile, cfg: ModelConfig,
     unused = sorted(set(gguf.tensors) - take.used)
     if unused:
         raise CentelhaError(f"{gguf.path} has tensors a {arch} model does not use "
-                            f"({', '.join(unused[:3])}): a variant centelha does not support")
+                            f"({', '.join(map(_shown, unused[:3]))}): a variant centelha "
+                            "does not support")
     return out
 
 
@@ -651,6 +688,9 @@ def _tokenizer(gguf: _GGUFFile) -> Tokenizer:
         token_id = _meta(gguf, f"tokenizer.ggml.{name}_token_id", int, -1)
         if 0 <= token_id < len(tokens):
             tokenizer.stop_ids.add(token_id)
+    extra = gguf.metadata.get(STOP_IDS_KEY)  # more stop ids than llama.cpp has keys for
+    if isinstance(extra, np.ndarray) and extra.dtype.kind in "iu":
+        tokenizer.stop_ids |= {int(i) for i in extra if 0 <= int(i) < len(tokens)}
     return tokenizer
 
 
@@ -675,6 +715,9 @@ def _bpe_tokenizer(gguf: _GGUFFile, tokens: list[str], types: np.ndarray,
     raw_merges = gguf.metadata.get("tokenizer.ggml.merges")
     if not isinstance(raw_merges, list):
         raise CentelhaError(f"{gguf.path} lacks the metadata key tokenizer.ggml.merges")
+    if raw_merges and not isinstance(raw_merges[0], str):  # items of an array share a type
+        raise CentelhaError(f"{gguf.path}: tokenizer.ggml.merges holds "
+                            f"{type(raw_merges[0]).__name__} items, not strings")
     merges = []
     for merge in raw_merges:
         left, space, right = merge.partition(" ")
@@ -761,6 +804,24 @@ def load_gguf(path: str | Path, keep_quantized: bool = False
     finally:
         gguf.close()
     return cfg, tensors, tokenizer
+
+
+def read_gguf_shapes(path: str | Path) -> tuple[ModelConfig, dict[str, tuple[int, ...]]]:
+    """The config `load_gguf` would build and the shape of each tensor it would return
+    (centelha names; a tied head has none), from the header alone: no weight is read.
+
+    Two small exceptions, both needed for the config itself: Llama 3's `rope_freqs`
+    vector (head_dim/2 values), and, in a file that stores `output.weight` beside
+    `token_embd.weight` with the same type and shape, a comparison of the two to tell
+    whether the head is tied (it stops at the first chunk that differs).
+    """
+    gguf = _read_gguf(path)
+    try:
+        cfg = _config(gguf)
+        tensors = _tensors(gguf, cfg, shapes_only=True)
+    finally:
+        gguf.close()
+    return cfg, {name: tuple(t.shape) for name, t in tensors.items()}
 
 
 # ------------------------------------------------------------------------------------------
@@ -973,6 +1034,21 @@ def _export_vocab(tokenizer: Tokenizer, vocab_size: int) -> _ExportVocab:
     return _ExportVocab("gpt2", tokens, types, merges, [], pre=_pre_name(spec))
 
 
+def _write_stop_ids(writer: GGUFWriter, tokenizer: Tokenizer, eos: int | None) -> None:
+    """Every stop id besides EOS: llama.cpp's end-of-turn and end-of-message keys hold
+    two; all of them also go in STOP_IDS_KEY, which centelha reads back."""
+    others = sorted(tokenizer.stop_ids - {eos})
+    if tokenizer.eot_id in others:  # <|endoftext|> is the natural end of turn
+        others.remove(tokenizer.eot_id)
+        others.insert(0, tokenizer.eot_id)
+    if others:
+        writer.add_eot_token_id(others[0])
+    if len(others) > 1:
+        writer.add_eom_token_id(others[1])
+    if len(others) > 2:
+        writer.add_array(STOP_IDS_KEY, others)
+
+
 def _pre_name(spec: dict) -> str:
     """llama.cpp's name for this tokenizer's pre-tokenizer: the style whose pre-tokenizer
     serializes to the same JSON."""
@@ -1015,8 +1091,7 @@ def _write_tokenizer_metadata(writer: GGUFWriter, tokenizer: Tokenizer,
         writer.add_bos_token_id(bos)
     if eos is not None:
         writer.add_eos_token_id(eos)
-    if tokenizer.eot_id is not None and tokenizer.eot_id != eos:
-        writer.add_eot_token_id(tokenizer.eot_id)
+    _write_stop_ids(writer, tokenizer, eos)
     writer.add_add_bos_token(tokenizer.add_bos)
     writer.add_add_eos_token(False)
     if tokenizer.chat_template:

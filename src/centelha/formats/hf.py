@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from centelha.config import ModelConfig
 from centelha.errors import CentelhaError
 from centelha.model import Transformer
-from centelha.tokenizer import Tokenizer, read_tokenizer_config
+from centelha.tokenizer import Tokenizer, read_stop_ids, read_tokenizer_config
 
 SUPPORTED = ("gpt2", "llama", "mistral", "qwen2", "qwen3")
 LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3")
@@ -37,6 +37,8 @@ def read_json(path: Path) -> dict:
         raise CentelhaError(f"missing {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CentelhaError(f"{path} is not valid JSON ({e})") from None
+    except RecursionError:
+        raise CentelhaError(f"{path} is not valid JSON (nested too deeply)") from None
     if not isinstance(value, dict):
         raise CentelhaError(f"{path} must hold a JSON object")
     return value
@@ -48,17 +50,22 @@ def is_hf_folder(path: Path) -> bool:
     if not config.is_file():
         return False
     try:
-        return "model_type" in json.loads(config.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return False
+        values = json.loads(config.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        return False  # not a readable config: the checkpoint reader says why
+    return isinstance(values, dict) and "model_type" in values
 
 
 # -- config ---------------------------------------------------------------------------------
 def _rope(hf: dict) -> tuple[float, dict | None]:
     """rope_theta and scaling, from transformers 5's `rope_parameters` or the older keys."""
-    params = dict(hf.get("rope_parameters") or {})
-    scaling = dict(hf.get("rope_scaling") or {}) or params
+    params, scaling = hf.get("rope_parameters") or {}, hf.get("rope_scaling") or {}
+    if not isinstance(params, dict) or not isinstance(scaling, dict):
+        raise CentelhaError("config.json: rope_parameters and rope_scaling must be objects")
+    scaling = dict(scaling or params)
     theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)):
+        raise CentelhaError(f"config.json: rope_theta must be a number, not {theta!r}")
     kind = scaling.get("rope_type", scaling.get("type", "default"))
     if kind == "default":
         return float(theta), None
@@ -82,6 +89,8 @@ def _hf_to_config(hf: dict) -> ModelConfig:
         act = hf.get("activation_function", "gelu_new")
         if act not in ("gelu_new", "gelu_pytorch_tanh"):
             raise CentelhaError(f"GPT-2 activation {act!r} is not supported (gelu_new only)")
+        if isinstance(hf["n_embd"], bool) or not isinstance(hf["n_embd"], int):
+            raise CentelhaError(f"config.json: n_embd must be an integer, not {hf['n_embd']!r}")
         return ModelConfig.from_dict(dict(
             family="gpt2", vocab_size=hf["vocab_size"], block_size=hf.get("n_positions", 1024),
             n_layer=hf["n_layer"], n_head=hf["n_head"], d_model=hf["n_embd"],
@@ -126,9 +135,9 @@ def read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
     for name in files:
         try:
             tensors.update(load_file(str(folder / name)))
-        except (SafetensorError, OSError) as e:
-            raise CentelhaError(
-                f"{folder / name} is not a readable safetensors file ({e})") from None
+        except (SafetensorError, OSError) as e:  # its message may quote the file
+            raise CentelhaError(f"{folder / name} is not a readable safetensors file "
+                                f"({' '.join(str(e).split())})") from None
     return {k: v.float() for k, v in tensors.items()}
 
 
@@ -163,7 +172,7 @@ def _gpt2_to_tensors(hf, cfg):
             out[b + ours + ".weight"] = get(h + theirs + ".weight").t().contiguous()
             out[b + ours + ".bias"] = get(h + theirs + ".bias")
     if not cfg.tie_embeddings:
-        out["lm_head.weight"] = hf["lm_head.weight"]
+        out["lm_head.weight"] = _take(hf, "lm_head.weight", ("",))
     return out
 
 
@@ -216,10 +225,7 @@ def load_hf_tokenizer(folder: Path) -> Tokenizer:
     else:
         raise CentelhaError(f"{folder} has no tokenizer (tokenizer.json, or vocab.json + "
                             "merges.txt)")
-    generation = folder / "generation_config.json"
-    if generation.is_file():
-        eos = read_json(generation).get("eos_token_id")
-        tokenizer.stop_ids |= set(eos if isinstance(eos, list) else [eos]) - {None}
+    tokenizer.stop_ids |= read_stop_ids(folder / "generation_config.json", tokenizer.vocab_size)
     return tokenizer
 
 
@@ -239,7 +245,11 @@ def load_hf(folder: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], T
     """Config, centelha-named fp32 weights and tokenizer of a Hugging Face folder."""
     folder = Path(folder)
     cfg = hf_to_config(read_json(folder / "config.json"))
-    tensors = hf_to_tensors(read_safetensors(folder), cfg)
+    try:
+        tensors = hf_to_tensors(read_safetensors(folder), cfg)
+    except RuntimeError as e:  # q/k/v (or gate/up) of shapes that cannot be concatenated
+        raise CentelhaError(f"{folder}: the weights' shapes do not fit together "
+                            f"({' '.join(str(e).split())})") from None
     tokenizer = load_hf_tokenizer(folder)
     if tokenizer.vocab_size > cfg.vocab_size:
         raise CentelhaError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model "
@@ -352,4 +362,6 @@ def save_hf(model: Transformer, tokenizer: Tokenizer, out: str | Path) -> Path:
     atomic_write_text(out / "tokenizer.json", tokenizer.to_str())
     atomic_write_text(out / "tokenizer_config.json",
                       json.dumps(tok_config, indent=2, ensure_ascii=False) + "\n")
+    generation = tokenizer.generation_config()  # transformers' generate() stops at these
+    atomic_write_text(out / "generation_config.json", json.dumps(generation, indent=2) + "\n")
     return out

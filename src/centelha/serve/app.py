@@ -21,21 +21,24 @@ Design choices a reader should know:
   the second), so a reply's tokens add up to its text.
 - Presence and frequency penalties count generated tokens only (the convention of vLLM).
 - Every failure is OpenAI's error object with a fitting status: 400 invalid, 401 key,
-  404 unknown model or route, 405 method, 413 body too large, 503 queue full, 500 a bug.
+  403 a host name not served (DNS rebinding), 404 unknown model or route, 405 method,
+  413 body too large, 415 a body that is not JSON, 503 queue full, 500 a bug.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -50,6 +53,7 @@ from centelha.serve.scheduler import Error, QueueFull, Scheduler
 
 STATIC = Path(__file__).with_name("static")
 DEFAULT_MAX_BODY = 1 << 20  # 1 MiB of JSON is ~250k tokens of text: far past any context
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})  # Host names that stay here
 
 
 @dataclass
@@ -73,7 +77,8 @@ def serve_model(llm: LLM, name: str, max_batch: int = 8, max_queue: int = 32,
                 thread: bool = True, wake: threading.Condition | None = None) -> Served:
     """`llm` behind its own engine and scheduler; `thread=False` leaves the scheduler to be
     driven by the caller (`scheduler.drive`), as `centelha serve` does from the main thread."""
-    engine = Engine(llm.model, max_batch=max_batch, max_len=llm.max_context)
+    engine = Engine(llm.model, max_batch=max_batch, max_len=llm.max_context,
+                    vocab_size=llm.tokenizer.vocab_size)
     return Served(name, llm, Scheduler(engine, max_queue, thread=thread, wake=wake))
 
 
@@ -111,10 +116,14 @@ async def run_choices(served: Served, ids: list[int], params: Sampling, logprobs
     choices = []
     for i in range(params.n):
         seed = None if params.seed is None else params.seed + i
-        sampling = SamplingConfig(max_new_tokens=budget, temperature=params.temperature,
-                                  top_p=params.top_p if params.top_p < 1.0 else None,
-                                  presence_penalty=params.presence_penalty,
-                                  frequency_penalty=params.frequency_penalty, seed=seed)
+        try:
+            sampling = SamplingConfig(max_new_tokens=budget, temperature=params.temperature,
+                                      top_p=params.top_p if params.top_p < 1.0 else None,
+                                      presence_penalty=params.presence_penalty,
+                                      frequency_penalty=params.frequency_penalty, seed=seed,
+                                      stop=params.stops())
+        except CentelhaError as e:
+            raise APIError(400, str(e)) from None
         request = EngineRequest(ids, sampling, frozenset(tokenizer.stop_ids), logprobs)
         choices.append(Choice(i, request, TextStream(tokenizer, params.stops())))
     loop = asyncio.get_running_loop()
@@ -167,7 +176,7 @@ async def next_item(queue: asyncio.Queue, http: Request | None) -> Token | Error
                 raise ClientGone
         try:
             return await asyncio.wait_for(queue.get(), timeout=DISCONNECT_POLL)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # noqa: UP041 - not the builtin TimeoutError before 3.11
             continue
 
 
@@ -206,12 +215,11 @@ def logprob_entry(tokenizer, token: Token, text: str) -> dict:
 def chat_ids(served: Served, request: ChatRequest) -> list[int]:
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                 for m in request.messages]
-    llm = served.llm
     try:
-        text = llm.chat_prompt(messages)
+        ids = served.llm.chat_ids(messages)
     except CentelhaError as e:
         raise APIError(400, str(e), param="messages") from None
-    return checked(served, prompt_ids(llm.tokenizer, text, special=True))
+    return checked(served, ids)
 
 
 def completion_ids(served: Served, request: CompletionRequest) -> list[int]:
@@ -370,7 +378,12 @@ async def event_stream(head: dict, request: Sampling, prompt_tokens: int, first:
 
 # -- the app -------------------------------------------------------------------------------------
 def create_app(models: list[Served], api_key: str | None = None,
-               max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
+               max_body: int = DEFAULT_MAX_BODY,
+               allowed_hosts: Iterable[str] | None = LOOPBACK_NAMES,
+               cors_origins: Iterable[str] = ()) -> FastAPI:
+    """The app serving `models`. `allowed_hosts`: the Host names answered besides loopback
+    ones (None: any, for a server bound to a public address); `cors_origins`: web origins
+    whose pages may call the API from a browser (none by default)."""
     app = FastAPI(title="centelha", docs_url=None, redoc_url=None, openapi_url=None)
     by_name = {m.name: m for m in models}
     app.state.models = by_name
@@ -393,7 +406,12 @@ def create_app(models: list[Served], api_key: str | None = None,
     async def bug(_: Request, e: Exception) -> JSONResponse:
         return error(APIError(500, f"internal error: {type(e).__name__}", type="server_error"))
 
-    app.add_middleware(Guard, api_key=api_key, max_body=max_body)
+    hosts = None if allowed_hosts is None else frozenset(h.lower() for h in allowed_hosts)
+    app.add_middleware(Guard, api_key=api_key, max_body=max_body, allowed_hosts=hosts)
+    if cors_origins:  # outermost, so that it answers the browser's preflight itself
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins),
+                           allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
 
     def model_for(name: str) -> Served:
         if name not in by_name:
@@ -433,25 +451,36 @@ def create_app(models: list[Served], api_key: str | None = None,
 
 
 class Guard:
-    """ASGI middleware: the API key on /v1 routes, and the body size limit, before any
-    handler runs. The body is read here (refused with 413 as soon as it passes the limit,
-    whatever Content-Length claims) and replayed to the app, whose later reads then see
-    the client's own messages, a disconnect included."""
+    """ASGI middleware: what every request must pass before any handler runs.
 
-    def __init__(self, app, api_key: str | None, max_body: int):
-        self.app, self.api_key, self.max_body = app, api_key, max_body
+    - Host: while the server listens on loopback, only loopback host names are served
+      (plus `allowed_hosts`), so a web page whose DNS name was rebound to 127.0.0.1 cannot
+      talk to it (DNS rebinding; Ollama's CVE-2024-28224). `allowed_hosts=None`: any.
+    - Content type: a body must be `application/json`. Browsers send text/plain, form and
+      untyped bodies cross-origin without asking (a "simple" request); JSON needs a CORS
+      preflight, which this server refuses unless an origin was allowed.
+    - The API key on /v1 routes.
+    - The body size limit: the body is read here (413 as soon as it passes the limit,
+      whatever Content-Length claims) and replayed to the app, whose later reads then see
+      the client's own messages, a disconnect included."""
+
+    def __init__(self, app, api_key: str | None, max_body: int,
+                 allowed_hosts: frozenset[str] | None = None):
+        self.app, self.max_body, self.allowed_hosts = app, max_body, allowed_hosts
+        self.api_key = api_key.encode("utf-8") if api_key is not None else None
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
-                   for k, v in scope.get("headers", [])}
+        headers = {k.decode("latin-1").lower(): v for k, v in scope.get("headers", [])}
         try:
+            check_host(headers.get("host", b""), self.allowed_hosts)
             if scope["path"].startswith("/v1"):
-                check_key(headers.get("authorization", ""), self.api_key)
-            if scope["method"] == "POST":
-                body = await read_limited(receive, headers.get("content-length"),
-                                          self.max_body)
+                check_key(headers.get("authorization", b""), self.api_key)
+            if scope["method"] in ("POST", "PUT", "PATCH"):
+                check_json(headers.get("content-type", b""))
+                declared = headers.get("content-length", b"").decode("latin-1")
+                body = await read_limited(receive, declared, self.max_body)
                 receive = replay(body, receive)
         except APIError as e:
             extra = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
@@ -459,18 +488,56 @@ class Guard:
         return await self.app(scope, receive, send)
 
 
-def check_key(given: str, api_key: str | None) -> None:
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an address to bind or to reach) means this machine only."""
+    host = host.strip("[]").lower().rstrip(".")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def host_name(header: bytes) -> str:
+    """The name in a Host header, without its port: `[::1]:8000` → `::1`."""
+    text = header.decode("latin-1").strip().lower()
+    if text.startswith("["):
+        return text[1:text.find("]")] if "]" in text else text
+    name, _, port = text.rpartition(":")
+    return name.rstrip(".") if port.isdigit() and name else text.rstrip(".")
+
+
+def check_host(header: bytes, allowed: frozenset[str] | None) -> None:
+    if allowed is None:
+        return
+    name = host_name(header)
+    if name in allowed or is_loopback(name):
+        return
+    raise APIError(403, f"the host name {name!r} is not served here (it can be allowed with "
+                        "--allowed-host)", type="permission_error", code="host_not_allowed")
+
+
+def check_json(content_type: bytes) -> None:
+    media = content_type.decode("latin-1").split(";")[0].strip().lower()
+    if media != "application/json":
+        raise APIError(415, "the request body must be JSON, sent with "
+                            "'Content-Type: application/json'", code="unsupported_media_type")
+
+
+def check_key(given: bytes, api_key: bytes | None) -> None:
     if api_key is None:
         return
-    scheme, _, token = given.partition(" ")
-    if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip(), api_key):
+    scheme, _, token = given.partition(b" ")
+    # bytes, not str: compare_digest refuses non-ASCII strings, and a header may hold any byte
+    if scheme.lower() != b"bearer" or not secrets.compare_digest(token.strip(), api_key):
         raise APIError(401, "a valid API key is needed: Authorization: Bearer <key>",
                        type="authentication_error", code="invalid_api_key")
 
 
-async def read_limited(receive, declared: str | None, limit: int) -> bytes:
+async def read_limited(receive, declared: str, limit: int) -> bytes:
     too_large = APIError(413, f"the request body is larger than {limit} bytes")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared.isdigit() and int(declared) > limit:
         raise too_large
     chunks, size = [], 0
     while True:

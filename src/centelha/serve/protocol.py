@@ -16,6 +16,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 MAX_INT = 2**31 - 1
+MAX_SEED = 2**63 - 1  # a signed 64-bit seed, as OpenAI's clients send; n choices add 0…n-1
+MAX_STOP_CHARS = 256  # every stop string is searched for in the text after each token
 
 
 class APIError(Exception):
@@ -61,7 +63,8 @@ class StreamOptions(Strict):
     include_usage: bool = False
 
 
-Stop = str | Annotated[list[str], Field(max_length=4)] | None
+StopString = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
+Stop = StopString | Annotated[list[StopString], Field(max_length=4)] | None
 
 
 class Sampling(Strict):
@@ -72,7 +75,7 @@ class Sampling(Strict):
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     n: Annotated[int, Field(ge=1, le=8)] = 1
     stop: Stop = None
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=-MAX_SEED - 1, le=MAX_SEED)] | None = None
     presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] = 0.0
     frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] = 0.0
     stream: bool = False
@@ -118,16 +121,28 @@ def parse(kind: type[Strict], body: bytes) -> Strict:
 
 
 def invalid(e: ValidationError) -> APIError:
-    error = e.errors()[0]
+    errors = e.errors()
+    error = errors[0]
     if error["type"] in ("json_invalid", "json_type"):
         return APIError(400, "the request body is not valid JSON: " + error["msg"])
     if not error["loc"]:
         return APIError(400, "the request body must be a JSON object")
-    param = ".".join(str(part) for part in error["loc"])
+    # A value that fits no member of a union fails once per member; the deepest failure
+    # is the telling one (`stop[1]` too long, rather than "stop is not a string").
+    error = max(errors, key=lambda err: len(field_path(err["loc"])))
+    param = ".".join(field_path(error["loc"]))
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "missing":
         message = "a required field is missing"
     return APIError(400, f"{param}: {message}", param=param)
+
+
+def field_path(loc: tuple) -> list[str]:
+    """A pydantic error location without its union-member tags ("constrained-str",
+    "list[str]", "int", …), which name types, not fields."""
+    tags = {"str", "int", "float", "bool", "list", "dict", "none"}
+    return [str(part) for part in loc
+            if isinstance(part, int) or (part.isidentifier() and part not in tags)]
 
 
 def check_supported(request: Strict) -> None:

@@ -1,7 +1,9 @@
 """Load the models and run the app under uvicorn: what `centelha serve` does.
 
 Binds 127.0.0.1 unless told otherwise: a model server answers anyone who can reach it,
-so exposing it on a network is a decision the user makes with `--host`.
+so exposing it on a network is a decision the user makes with `--host`. While bound to
+loopback it answers only loopback host names (`--allowed-host` adds more), and no web
+origin may call it from a browser unless `--cors-origin` names it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,14 @@ from pathlib import Path
 from centelha.api import DEFAULT_CONTEXT, load
 from centelha.errors import CentelhaError
 from centelha.registry import entries
-from centelha.serve.app import DEFAULT_MAX_BODY, Served, create_app, serve_model
+from centelha.serve.app import (
+    DEFAULT_MAX_BODY,
+    LOOPBACK_NAMES,
+    Served,
+    create_app,
+    is_loopback,
+    serve_model,
+)
 from centelha.serve.scheduler import drive
 
 
@@ -45,16 +54,27 @@ def load_served(sources: list[str], dtype: str = "fp32", max_batch: int = 8,
     return served
 
 
+def allowed_hosts_for(host: str, extra: list[str] = ()) -> frozenset[str] | None:
+    """The Host names to answer: bound to loopback, loopback names and `extra`; bound to
+    another address (the user exposed the server), any name unless `extra` lists them."""
+    if is_loopback(host) or extra:
+        return LOOPBACK_NAMES | {name.lower() for name in extra}
+    return None
+
+
 def run(sources: list[str], host: str = "127.0.0.1", port: int = 8000,
         api_key: str | None = None, dtype: str = "fp32", max_batch: int = 8,
         max_queue: int = 32, max_context: int = DEFAULT_CONTEXT,
-        max_body: int = DEFAULT_MAX_BODY, on_ready=None) -> None:
+        max_body: int = DEFAULT_MAX_BODY, allowed_hosts: list[str] = (),
+        cors_origins: list[str] = (), on_ready=None) -> None:
     """Serve until Ctrl-C. The HTTP server runs in a thread; the engines run here, in the
     main thread, where their OpenMP threads stay fast (see `scheduler.drive`)."""
     import uvicorn
 
     served = load_served(sources, dtype, max_batch, max_queue, max_context, thread=False)
-    app = create_app(served, api_key=api_key, max_body=max_body)
+    app = create_app(served, api_key=api_key, max_body=max_body,
+                     allowed_hosts=allowed_hosts_for(host, allowed_hosts),
+                     cors_origins=cors_origins)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
     http = threading.Thread(target=server.run, name="centelha-http", daemon=True)
     http.start()

@@ -3,12 +3,16 @@
 A YAML file has two sections, `model:` (a `ModelConfig`; `vocab_size` may be left out
 and is then taken from the prepared data's tokenizer) and `train:` (a `TrainConfig`).
 Flags override single values with dotted keys (`--set train.lr=3e-4`). Every key is
-checked: a typo is an error that names the known keys, not a silently ignored setting.
+checked: a typo is an error that names the known keys, not a silently ignored setting,
+and every value is checked for its kind and range (`TrainConfig` here, `ModelConfig` for
+the model section), so a bad value is a one-line error before anything is written.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -18,41 +22,99 @@ import yaml
 
 from centelha.errors import CentelhaError
 
+DEVICES = ("auto", "cpu", "cuda", "mps")
+_CUDA_INDEX = re.compile(r"cuda:[0-9]+")
+SEED_LIMIT = 2**64 - 1  # torch seeds are unsigned 64-bit; the data sampler gets seed + 1
+
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 16
-    grad_accum: int = 1
-    max_steps: int = 1000
-    lr: float = 1e-3
-    min_lr: float | None = None       # None: lr / 10
-    warmup_steps: int = 100
-    decay_steps: int | None = None    # None: max_steps (cosine reaches min_lr at the end)
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0            # 0 turns clipping off
-    eval_interval: int = 100
-    eval_batches: int = 20
-    ckpt_interval: int = 500          # 0: only at the end
-    log_interval: int = 10
-    seed: int = 1337
-    device: str = "auto"              # auto | cpu | cuda | mps
+    batch_size: int = 16              # ≥ 1, sequences per micro-step (per rank)
+    grad_accum: int = 1               # ≥ 1
+    max_steps: int = 1000             # ≥ 1
+    lr: float = 1e-3                  # > 0, the peak learning rate
+    min_lr: float | None = None       # 0 ≤ min_lr ≤ lr; None: lr / 10
+    warmup_steps: int = 100           # ≥ 0
+    decay_steps: int | None = None    # ≥ 1; None: max_steps (cosine reaches min_lr at the end)
+    weight_decay: float = 0.1         # ≥ 0
+    beta1: float = 0.9                # in [0, 1)
+    beta2: float = 0.95               # in [0, 1)
+    grad_clip: float = 1.0            # ≥ 0; 0 turns clipping off
+    eval_interval: int = 100          # ≥ 1, as in nanoGPT; the last step is always evaluated,
+                                      # so max_steps means "only at the end"
+    eval_batches: int = 20            # ≥ 1
+    ckpt_interval: int = 500          # ≥ 0; 0: only at the end
+    log_interval: int = 10            # ≥ 1
+    seed: int = 1337                  # 0 ≤ seed ≤ 2**64 - 2
+    device: str = "auto"              # auto | cpu | cuda | cuda:N | mps
     compile: bool = False
-    threads: int | None = None        # None: PyTorch's default
+    threads: int | None = None        # ≥ 1; None: PyTorch's default
 
     def __post_init__(self) -> None:
-        positive = ("batch_size", "grad_accum", "max_steps", "eval_batches", "log_interval")
-        for key in positive:
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise CentelhaError(f"train.{key} must be a positive integer, not {value!r}")
-        if not (isinstance(self.lr, int | float) and self.lr > 0):
-            raise CentelhaError(f"train.lr must be a positive number, not {self.lr!r}")
+        self._check_counts()
+        self._check_optimizer()
+        _require("device", self.device, _is_device(self.device),
+                 f"one of {', '.join(DEVICES)} (or cuda:N)")
+        _require("compile", self.compile, isinstance(self.compile, bool), "true or false")
         if self.min_lr is None:
             self.min_lr = self.lr / 10
         if self.decay_steps is None:
             self.decay_steps = self.max_steps
+
+    def _check_counts(self) -> None:
+        for key in ("batch_size", "grad_accum", "max_steps", "eval_batches", "log_interval"):
+            value = getattr(self, key)
+            _require(key, value, _is_int(value) and value >= 1, "a positive integer")
+        _require("eval_interval", self.eval_interval,
+                 _is_int(self.eval_interval) and self.eval_interval >= 1,
+                 "a positive integer (set it to max_steps to evaluate only at the end)")
+        for key in ("warmup_steps", "ckpt_interval"):
+            value = getattr(self, key)
+            _require(key, value, _is_int(value) and value >= 0, "a non-negative integer")
+        _require("decay_steps", self.decay_steps,
+                 self.decay_steps is None or (_is_int(self.decay_steps) and self.decay_steps >= 1),
+                 "a positive integer or null (max_steps)")
+        _require("threads", self.threads,
+                 self.threads is None or (_is_int(self.threads) and self.threads >= 1),
+                 "a positive integer or null (PyTorch's default)")
+        _require("seed", self.seed, _is_int(self.seed) and 0 <= self.seed < SEED_LIMIT,
+                 "an integer from 0 to 2**64 - 2")
+
+    def _check_optimizer(self) -> None:
+        _require("lr", self.lr, _is_number(self.lr) and self.lr > 0, "a positive number")
+        _require("min_lr", self.min_lr, self.min_lr is None
+                 or (_is_number(self.min_lr) and 0 <= self.min_lr <= self.lr),
+                 f"a number from 0 to train.lr ({self.lr}) or null (lr / 10)")
+        for key in ("weight_decay", "grad_clip"):
+            value = getattr(self, key)
+            _require(key, value, _is_number(value) and value >= 0, "a number ≥ 0")
+        for key in ("beta1", "beta2"):
+            value = getattr(self, key)
+            _require(key, value, _is_number(value) and 0 <= value < 1, "a number in [0, 1)")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # YAML's true is no count
+
+
+def _is_number(value: Any) -> bool:
+    """An int or a finite float (not a bool, not .nan or .inf)."""
+    return _is_int(value) or (isinstance(value, float) and math.isfinite(value))
+
+
+def _is_device(value: Any) -> bool:
+    return isinstance(value, str) and (value in DEVICES or bool(_CUDA_INDEX.fullmatch(value)))
+
+
+def _require(key: str, value: Any, ok: bool, expected: str) -> None:
+    if not ok:
+        raise CentelhaError(f"train.{key} must be {expected}, not {_shown(value)}")
+
+
+def _shown(value: Any) -> str:
+    """A value as the user wrote it, kept to one short line."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @dataclass
@@ -65,15 +127,27 @@ class RunConfig:
 
 
 def _check_keys(section: str, values: dict, known: set[str]) -> None:
-    unknown = sorted(set(values) - known)
+    unknown = sorted(set(values) - known, key=str)  # YAML keys need not be strings
     if unknown:
         raise CentelhaError(f"unknown config key '{section}.{unknown[0]}' "
                             f"(known: {', '.join(sorted(known))})")
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML as configs mean it: PyYAML follows YAML 1.1, where a float needs a dot, so
+    `lr: 3e-4` or `--set train.lr=3e-4` would be the string '3e-4'; this loader reads
+    such exponent forms as floats, as YAML 1.2 and JSON do."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
 def parse_value(text: str) -> Any:
     """A flag's value as YAML reads it: 3e-4 → float, true → bool, 12 → int."""
-    return yaml.safe_load(text) if text.strip() else text
+    return yaml.load(text, Loader=_Loader) if text.strip() else text  # a SafeLoader
 
 
 def bundled_config(name: str) -> Path | None:
@@ -89,7 +163,7 @@ def read_yaml(path: str | Path) -> dict:
             raise CentelhaError(f"config file not found: {path}")
         file = bundled
     try:
-        values = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        values = yaml.load(file.read_text(encoding="utf-8"), Loader=_Loader) or {}
     except yaml.YAMLError as e:
         raise CentelhaError(f"{file} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(values, dict):
@@ -99,10 +173,12 @@ def read_yaml(path: str | Path) -> dict:
 
 def load_run_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
                     base: dict | None = None) -> RunConfig:
-    """YAML (a path or a bundled name like `tiny`), then dotted overrides, all checked."""
+    """YAML (a path or a bundled name like `tiny`), then dotted overrides, all checked:
+    the train section by `TrainConfig`, the model section by building a `ModelConfig`
+    from it now (the tokenizer's vocab_size is filled in later), so a bad value is
+    refused before a run folder is made."""
     values = base if base is not None else (read_yaml(path) if path else {})
-    values = {k: dict(v or {}) for k, v in values.items()} if values else {}
-    _check_keys("config", values, {"model", "train"})
+    values = _sections(values or {})
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.partition(".")
         if section not in ("model", "train") or not key:
@@ -110,12 +186,33 @@ def load_run_config(path: str | Path | None = None, overrides: dict[str, Any] | 
         values.setdefault(section, {})[key] = value
     train_values = values.get("train", {})
     _check_keys("train", train_values, {f.name for f in dataclasses.fields(TrainConfig)})
-    from centelha.config import ModelConfig  # the model section is checked by its own class
-
     model_values = values.get("model", {})
-    _check_keys("model", model_values, {f.name for f in dataclasses.fields(ModelConfig)})
+    check_model_section(model_values)
+    return RunConfig(model=model_values, train=TrainConfig(**train_values))
+
+
+def _sections(values: Any) -> dict[str, dict]:
+    """The config's sections, copied; each must be a mapping (or empty)."""
+    if not isinstance(values, dict):
+        raise CentelhaError(f"a config must be a mapping with 'model' and 'train' sections, "
+                            f"not {_shown(values)}")
+    _check_keys("config", values, {"model", "train"})
+    for name, section in values.items():
+        if section is not None and not isinstance(section, dict):
+            raise CentelhaError(f"config section '{name}' must be a mapping of keys to values, "
+                                f"not {_shown(section)}")
+    return {name: dict(section or {}) for name, section in values.items()}
+
+
+def check_model_section(values: dict[str, Any]) -> None:
+    """Build a `ModelConfig` from the model section, which checks its keys and values.
+    A value of the wrong kind that `ModelConfig` does not check itself may surface as
+    a Python error from its arithmetic; it is still the user's input, so it becomes a
+    one-line error naming the section."""
+    from centelha.config import ModelConfig
+
+    _check_keys("model", values, {f.name for f in dataclasses.fields(ModelConfig)})
     try:
-        train_cfg = TrainConfig(**train_values)
-    except TypeError as e:
-        raise CentelhaError(f"bad train config: {e}") from None
-    return RunConfig(model=model_values, train=train_cfg)
+        ModelConfig.from_dict(values)
+    except (TypeError, ValueError, AttributeError, ZeroDivisionError) as e:
+        raise CentelhaError(f"bad model config: {e}") from None

@@ -80,9 +80,15 @@ def pick_device(name: str) -> torch.device:
         if torch.cuda.is_available():
             return torch.device("cuda")
         return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CentelhaError("train.device is 'cuda' but no CUDA device is available")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CentelhaError(f"train.device is {name!r} but no CUDA device is available")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise CentelhaError(f"train.device is {name!r} but this machine has "
+                            f"{torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise CentelhaError("train.device is 'mps' but no Apple GPU (MPS) is available")
+    return device
 
 
 @torch.no_grad()
