@@ -60,7 +60,7 @@ def peak_rss_mib() -> float:
 def run_centelha(name: str, ids: list[int]) -> dict:
     from centelha.api import load_model
     from centelha.engine import Engine, Request
-    from centelha.generate import SamplingConfig
+    from centelha.sampling import SamplingConfig
 
     dtype = name.split("-")[1]
     model, _, _ = load_model(model_path(), dtype=dtype)
@@ -133,7 +133,7 @@ def run_batches(name: str, sizes: list[int]) -> dict:
     """Aggregate decode tokens/s with `size` different requests decoding together."""
     from centelha.api import load_model
     from centelha.engine import Engine, Request
-    from centelha.generate import SamplingConfig
+    from centelha.sampling import SamplingConfig
 
     dtype = name.split("-")[1]
     model, _, _ = load_model(model_path(), dtype=dtype)

@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 
 from centelha import load
+from centelha.engine import generate_ids
 from centelha.formats.gguf import save_gguf
-from centelha.generate import SamplingConfig, generate_ids
+from centelha.sampling import SamplingConfig
 
 PROMPTS = ["The capital of France is", "Era uma vez um rei que", "def fibonacci(n):"]
 

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from centelha.engine import Engine, Request
+from centelha.engine import Engine, Request, generate_ids
 from centelha.errors import CentelhaError
-from centelha.generate import SamplingConfig, generate_ids
 from centelha.model import Transformer
+from centelha.sampling import SamplingConfig
 from tests.conftest import tiny_config
 
 GREEDY = SamplingConfig(max_new_tokens=12, temperature=0)

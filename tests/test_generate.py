@@ -5,17 +5,17 @@ import math
 import pytest
 import torch
 
+from centelha.engine import generate_ids
 from centelha.errors import CentelhaError
-from centelha.generate import (
+from centelha.generate import complete
+from centelha.model import Transformer
+from centelha.sampling import (
     SamplingConfig,
     apply_repetition_penalty,
-    complete,
     filter_min_p,
     filter_top_k,
     filter_top_p,
-    generate_ids,
 )
-from centelha.model import Transformer
 from centelha.tokenizer import train_bpe
 from tests.conftest import tiny_config
 
@@ -113,7 +113,7 @@ def test_bad_sampling_settings_are_refused(values):
 
 
 def test_sampling_follows_the_filtered_distribution():
-    from centelha.generate import choose_token, process_logits
+    from centelha.sampling import choose_token, process_logits
 
     cfg = SamplingConfig(temperature=1.0, top_k=2)
     gen = torch.Generator().manual_seed(0)
@@ -126,7 +126,7 @@ def test_sampling_follows_the_filtered_distribution():
 
 
 def test_presence_and_frequency_penalties_follow_openai():
-    from centelha.generate import apply_openai_penalties
+    from centelha.sampling import apply_openai_penalties
 
     logits = torch.tensor([1.0, 2.0, 3.0, 4.0])
     counts = torch.tensor([0.0, 1.0, 3.0, 0.0])  # token 1 generated once, token 2 three times

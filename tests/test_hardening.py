@@ -20,8 +20,8 @@ from centelha.checkpoint import save_model_files
 from centelha.cli import app
 from centelha.engine import Engine, Request
 from centelha.errors import CentelhaError
-from centelha.generate import SamplingConfig
 from centelha.model import Transformer
+from centelha.sampling import SamplingConfig
 from centelha.serve.app import serve_model
 from centelha.tokenizer import Tokenizer, train_bpe
 from tests.conftest import tiny_config

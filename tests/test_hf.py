@@ -10,10 +10,11 @@ import transformers
 
 from centelha import load
 from centelha.checkpoint import save_model_files
+from centelha.engine import generate_ids
 from centelha.errors import CentelhaError
 from centelha.formats.hf import save_hf
-from centelha.generate import SamplingConfig, generate_ids
 from centelha.model import Transformer
+from centelha.sampling import SamplingConfig
 from centelha.tokenizer import train_bpe
 from tests.conftest import tiny_config
 

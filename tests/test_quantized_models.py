@@ -7,11 +7,11 @@ import torch
 from centelha import load, registry
 from centelha.api import load_model
 from centelha.checkpoint import save_model_files
-from centelha.engine import Engine, Request
+from centelha.engine import Engine, Request, generate_ids
 from centelha.errors import CentelhaError
-from centelha.generate import SamplingConfig, generate_ids
 from centelha.model import Transformer
 from centelha.quant import QuantLinear
+from centelha.sampling import SamplingConfig
 from centelha.tokenizer import train_bpe
 from tests.conftest import tiny_config
 

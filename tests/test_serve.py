@@ -18,7 +18,8 @@ from openai import OpenAI
 
 from centelha.api import LLM
 from centelha.engine import Request
-from centelha.generate import SamplingConfig, prompt_ids
+from centelha.generate import prompt_ids
+from centelha.sampling import SamplingConfig
 from centelha.serve.app import serve_model
 
 MODEL = "smollm2-135m-instruct"

@@ -15,9 +15,10 @@ import torch
 from centelha.checkpoint import load_checkpoint
 from centelha.engine import Engine, Request
 from centelha.errors import CentelhaError
-from centelha.generate import SamplingConfig, prompt_ids, stream_text, with_bos
+from centelha.generate import prompt_ids, stream_text, with_bos
 from centelha.model import Transformer
 from centelha.registry import resolve
+from centelha.sampling import SamplingConfig
 from centelha.template import encode_chat, render_chat
 from centelha.tokenizer import Tokenizer
 

@@ -16,7 +16,7 @@ import yaml
 
 from centelha.api import LLM
 from centelha.errors import CentelhaError
-from centelha.generate import SamplingConfig
+from centelha.sampling import SamplingConfig
 
 HELP = ("/reset  forget the conversation · /system TEXT  set the system prompt · "
         "/set NAME VALUE  change a setting (temperature, top_p, top_k, min_p, "

@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from centelha.atomic import atomic_write, atomic_write_text, fsync_dir, fsync_file
 from centelha.config import ModelConfig
 from centelha.errors import CentelhaError
 from centelha.model import Transformer, matmul_parameters
@@ -41,44 +41,6 @@ from centelha.tokenizer import Tokenizer
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 STATE_DIR = "state"
 SHARDED = "sharded"  # torch.distributed.checkpoint shards inside a state (FSDP runs)
-
-
-# -- small atomic-file helpers ------------------------------------------------------------
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` on a temporary name beside `path`, then rename it into place."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        write(tmp)
-        _fsync_file(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 # -- model weights ------------------------------------------------------------------------
@@ -255,12 +217,12 @@ def save_training_state(run_dir: str | Path, step: int, model: Transformer,
     (tmp / "train_state.json").write_text(
         json.dumps({"step": step, "optimizer": opt_plain, **info}, indent=2) + "\n")
     for file in tmp.iterdir():
-        _fsync_file(file)
+        fsync_file(file)
     if sharded is not None:
         os.replace(sharded, tmp / SHARDED)
         for file in (tmp / SHARDED).iterdir():
-            _fsync_file(file)
-    _fsync_dir(tmp)
+            fsync_file(file)
+    fsync_dir(tmp)
     final = root / f"step_{step:07d}"
     _move_into_place(tmp, final)
     publish_model(run_dir, final / "model.safetensors", model, tokenizer)
@@ -281,9 +243,9 @@ def _move_into_place(tmp: Path, final: Path) -> None:
     if final.exists():
         shutil.rmtree(aside, ignore_errors=True)  # left by an earlier crash; `final` is whole
         os.replace(final, aside)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
     os.replace(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     shutil.rmtree(aside, ignore_errors=True)
 
 
@@ -341,6 +303,6 @@ def _restore_aside(aside: Path) -> None:
     final = aside.with_name(aside.name.removeprefix(ASIDE))
     if state_step(final) is not None and aside.is_dir() and not final.exists():
         os.replace(aside, final)
-        _fsync_dir(aside.parent)
+        fsync_dir(aside.parent)
     else:
         shutil.rmtree(aside, ignore_errors=True)

@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 import torch
 
 from centelha.errors import CentelhaError
-from centelha.generate import SamplingConfig, choose_token, make_generator, process_logits
 from centelha.model import Transformer
+from centelha.sampling import SamplingConfig, choose_token, make_generator, process_logits
 
 
 @dataclass
@@ -242,3 +242,17 @@ class Engine:
                 self.remove(state.request.id)
             self.driver = None
         return [results[r.id] for r in requests]
+
+
+def generate_ids(model: Transformer, prompt_ids: list[int], cfg: SamplingConfig,
+                 stop_ids: set[int] | frozenset = frozenset(),
+                 vocab_size: int | None = None) -> Iterator[int]:
+    """Yield new token ids one at a time: the prompt is prefilled once, then each step
+    feeds only the newest token through the model, reading the rest from the KV cache.
+    This is the engine's single-request path, with a cache just long enough for it.
+    `vocab_size`: the tokenizer's, when the model's embedding is padded past it."""
+    length = len(prompt_ids) + max(1, cfg.max_new_tokens)
+    engine = Engine(model, max_batch=1, max_len=min(model.cfg.block_size, length),
+                    vocab_size=vocab_size)
+    for token in engine.stream(Request(list(prompt_ids), cfg, frozenset(stop_ids))):
+        yield token.token

@@ -19,7 +19,8 @@ from rich.text import Text
 
 from centelha.checkpoint import load_checkpoint
 from centelha.data import prepare
-from centelha.generate import SamplingConfig, complete
+from centelha.generate import complete
+from centelha.sampling import SamplingConfig
 from centelha.train import load_run_config, train
 
 PROMPT = "Capitu olhou para mim e"

@@ -66,7 +66,7 @@ def _read() -> dict:
 
 
 def _write(entries: dict) -> None:
-    from centelha.checkpoint import atomic_write_text
+    from centelha.atomic import atomic_write_text
 
     registry_file().parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(registry_file(), json.dumps(entries, indent=2, ensure_ascii=False) + "\n")

@@ -924,7 +924,7 @@ def save_gguf(model: Transformer, tokenizer: Tokenizer, path: str | Path,
     """Write a GGUF file that llama.cpp / LM Studio can run. dtype: "f32", "f16" or "q8_0"
     (2-D weight matrices quantized; norms/biases stay f32). Written atomically (temp file +
     os.replace)."""
-    from centelha.checkpoint import atomic_write
+    from centelha.atomic import atomic_write
 
     if dtype not in EXPORT_FILE_TYPES:
         raise CentelhaError(f"GGUF dtype must be one of {', '.join(EXPORT_FILE_TYPES)}, "

@@ -346,7 +346,8 @@ def _llama_name(name, t, q, kv, d_ff) -> dict[str, torch.Tensor]:
 
 def save_hf(model: Transformer, tokenizer: Tokenizer, out: str | Path) -> Path:
     """Write a folder that `transformers.AutoModelForCausalLM.from_pretrained` loads."""
-    from centelha.checkpoint import atomic_write, atomic_write_text, model_tensors
+    from centelha.atomic import atomic_write, atomic_write_text
+    from centelha.checkpoint import model_tensors
 
     out = Path(out)
     hf_config = config_to_hf(model.cfg, tokenizer)

@@ -47,7 +47,8 @@ from centelha.api import LLM
 from centelha.engine import Engine, Token
 from centelha.engine import Request as EngineRequest
 from centelha.errors import CentelhaError
-from centelha.generate import SamplingConfig, TextStream, prompt_ids
+from centelha.generate import TextStream, prompt_ids
+from centelha.sampling import SamplingConfig
 from centelha.serve.protocol import APIError, ChatRequest, CompletionRequest, Sampling, parse
 from centelha.serve.scheduler import Error, QueueFull, Scheduler
 

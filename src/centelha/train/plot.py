@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-from centelha.checkpoint import atomic_write  # noqa: E402
+from centelha.atomic import atomic_write  # noqa: E402
 
 
 def plot_loss(rows: list[dict], path: Path, baseline: float | None = None) -> None:
