@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from centelha.errors import CentelhaError
+from centelha.jsonfile import read_json_object
 
 # Switches each family sets; every other field keeps its dataclass default unless given.
 FAMILY_PRESETS: dict[str, dict[str, Any]] = {
@@ -183,12 +184,4 @@ class ModelConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> ModelConfig:
-        try:
-            values = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CentelhaError(f"{path} is not valid JSON: {e}") from None
-        except RecursionError:
-            raise CentelhaError(f"{path} is not valid JSON: nested too deeply") from None
-        if not isinstance(values, dict):
-            raise CentelhaError(f"{path} must hold a JSON object")
-        return cls.from_dict(values)
+        return cls.from_dict(read_json_object(path))

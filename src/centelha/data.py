@@ -30,6 +30,7 @@ import torch
 from rich.progress import Progress
 
 from centelha.errors import CentelhaError
+from centelha.jsonfile import read_json_object
 from centelha.redact import redact
 from centelha.tokenizer import Tokenizer, train_bpe, train_char
 
@@ -232,9 +233,9 @@ def load_meta(path: str | Path) -> dict:
         raise CentelhaError(f"{path} is not a prepared data folder (no meta.json); "
                             "make one with `centelha prepare`")
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = read_json_object(meta_path)
         meta["splits"]["train"], meta["splits"]["val"]  # noqa: B018 - presence check
-    except (json.JSONDecodeError, KeyError, TypeError):
+    except (CentelhaError, KeyError, TypeError):
         raise CentelhaError(f"{meta_path} is damaged; run `centelha prepare` again") from None
     return meta
 

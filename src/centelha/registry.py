@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from centelha.errors import CentelhaError
+from centelha.jsonfile import read_json_object
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -56,13 +57,10 @@ def bundled_smollm2() -> Path | None:
 
 def _read() -> dict:
     file = registry_file()
-    if not file.is_file():
-        return {}
     try:
-        entries = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CentelhaError(f"{file} is damaged; fix or delete it") from None
-    return entries if isinstance(entries, dict) else {}
+        return read_json_object(file, missing_ok=True) or {}
+    except CentelhaError as e:
+        raise CentelhaError(f"{e}; the registry is damaged: fix or delete it") from None
 
 
 def _write(entries: dict) -> None:
@@ -146,9 +144,9 @@ def _gguf_facts(path: Path):
 def _hf_facts(folder: Path):
     import torch
 
-    from centelha.formats.hf import hf_to_config, hf_to_tensors, read_json
+    from centelha.formats.hf import hf_to_config, hf_to_tensors
 
-    cfg = hf_to_config(read_json(folder / "config.json"))
+    cfg = hf_to_config(read_json_object(folder / "config.json"))
     shapes: dict[str, tuple[int, ...]] = {}
     for file in _hf_weight_files(folder):
         shapes.update(safetensors_shapes(file))
@@ -164,11 +162,10 @@ def _hf_facts(folder: Path):
 
 def _hf_weight_files(folder: Path) -> list[Path]:
     """The safetensors files of a Hugging Face folder: one, or the shards its index names."""
-    from centelha.formats.hf import read_json
 
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = read_json(index).get("weight_map")
+        weight_map = read_json_object(index).get("weight_map")
         if not isinstance(weight_map, dict) or not all(
                 isinstance(f, str) for f in weight_map.values()):
             raise CentelhaError(f"{index} has no weight_map of tensor names to file names")

@@ -33,6 +33,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from centelha.errors import CentelhaError
+from centelha.jsonfile import read_json_object
 
 EOT = "<|endoftext|>"
 BYTE_TOKENS = [f"<0x{b:02X}>" for b in range(256)]
@@ -213,24 +214,13 @@ class Tokenizer:
 
 
 def read_tokenizer_config(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise CentelhaError(f"{path} is not valid JSON: {e}") from None
-    return values if isinstance(values, dict) else {}
+    return read_json_object(path, missing_ok=True) or {}
 
 
 def read_stop_ids(path: Path, vocab_size: int) -> set[int]:
     """The `eos_token_id` (one id or a list) of a generation_config.json, if there is one."""
-    if not path.is_file():
-        return set()
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise CentelhaError(f"{path} is not valid JSON: {e}") from None
-    eos = values.get("eos_token_id") if isinstance(values, dict) else None
+    values = read_json_object(path, missing_ok=True) or {}
+    eos = values.get("eos_token_id")
     ids = eos if isinstance(eos, list) else [eos]
     return {i for i in ids if isinstance(i, int) and not isinstance(i, bool)
             and 0 <= i < vocab_size}

@@ -23,25 +23,12 @@ from safetensors.torch import load_file, save_file
 
 from centelha.config import ModelConfig
 from centelha.errors import CentelhaError
+from centelha.jsonfile import read_json_object
 from centelha.model import Transformer
 from centelha.tokenizer import Tokenizer, read_stop_ids, read_tokenizer_config
 
 SUPPORTED = ("gpt2", "llama", "mistral", "qwen2", "qwen3")
 LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3")
-
-
-def read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CentelhaError(f"missing {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CentelhaError(f"{path} is not valid JSON ({e})") from None
-    except RecursionError:
-        raise CentelhaError(f"{path} is not valid JSON (nested too deeply)") from None
-    if not isinstance(value, dict):
-        raise CentelhaError(f"{path} must hold a JSON object")
-    return value
 
 
 def is_hf_folder(path: Path) -> bool:
@@ -50,10 +37,9 @@ def is_hf_folder(path: Path) -> bool:
     if not config.is_file():
         return False
     try:
-        values = json.loads(config.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        return "model_type" in read_json_object(config)
+    except CentelhaError:
         return False  # not a readable config: the checkpoint reader says why
-    return isinstance(values, dict) and "model_type" in values
 
 
 # -- config ---------------------------------------------------------------------------------
@@ -122,7 +108,7 @@ def read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a folder's `model.safetensors`, or of the shards its index names."""
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        files = sorted(set(read_json(index).get("weight_map", {}).values()))
+        files = sorted(set(read_json_object(index).get("weight_map", {}).values()))
     elif (folder / "model.safetensors").is_file():
         files = ["model.safetensors"]
     elif any(folder.glob("*.bin")) or any(folder.glob("*.pt")):
@@ -244,7 +230,7 @@ def gpt2_tokenizer(vocab: Path, merges: Path):
 def load_hf(folder: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer]:
     """Config, centelha-named fp32 weights and tokenizer of a Hugging Face folder."""
     folder = Path(folder)
-    cfg = hf_to_config(read_json(folder / "config.json"))
+    cfg = hf_to_config(read_json_object(folder / "config.json"))
     try:
         tensors = hf_to_tensors(read_safetensors(folder), cfg)
     except RuntimeError as e:  # q/k/v (or gate/up) of shapes that cannot be concatenated
