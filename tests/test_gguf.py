@@ -251,7 +251,13 @@ def test_every_supported_type_dequantizes_like_ggml(tmp_path, f32_256, qtype):
             if source_weight.ndim == 2:
                 bound = TOLERANCE[qtype] * source_weight.abs().max().item()
                 assert (tensors[name] - source_weight).abs().max().item() <= bound, name
-    assert Transformer.from_tensors(cfg, tensors) is not None
+    loaded = Transformer.from_tensors(cfg, tensors)  # and they make the model that was saved
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        logits, expected = loaded.eval()(ids), model.eval()(ids)
+    assert torch.isfinite(logits).all()
+    if qtype == Q.F32:
+        assert torch.allclose(logits, expected, atol=1e-5)
 
 
 # -- tokenizer -------------------------------------------------------------------------------
