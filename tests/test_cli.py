@@ -7,6 +7,8 @@ import pytest
 
 from tests.conftest import PYTHON, cli_env
 
+pytestmark = pytest.mark.slow  # `make test-fast` leaves these out
+
 
 def cli(*args, timeout=180):
     return subprocess.run([PYTHON, "-m", "centelha", *map(str, args)], capture_output=True,

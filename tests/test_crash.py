@@ -14,6 +14,8 @@ from safetensors.torch import load_file
 
 from tests.conftest import PYTHON, TINY_RUN, cli_env
 
+pytestmark = pytest.mark.slow  # `make test-fast` leaves these out
+
 STEPS = 40
 CONFIG = {"model": TINY_RUN["model"],
           "train": {**TINY_RUN["train"], "max_steps": STEPS, "ckpt_interval": 1,

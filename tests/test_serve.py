@@ -22,6 +22,8 @@ from centelha.generate import prompt_ids
 from centelha.sampling import SamplingConfig
 from centelha.serve.app import serve_model
 
+pytestmark = pytest.mark.slow  # `make test-fast` leaves these out
+
 MODEL = "smollm2-135m-instruct"
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 

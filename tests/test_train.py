@@ -104,6 +104,7 @@ def test_nothing_to_resume_is_a_clear_error(tmp_path):
         train(None, tmp_path, resume=True, show_progress=False)
 
 
+@pytest.mark.slow
 def test_compiled_training_matches_eager(prepared, tmp_path):
     eager = train(prepared, tmp_path / "eager", run_config(max_steps=3), show_progress=False)
     compiled = train(prepared, tmp_path / "compiled", run_config(max_steps=3, compile=True),

@@ -12,6 +12,8 @@ import time
 
 import pytest
 
+pytestmark = pytest.mark.slow  # `make test-fast` leaves these out
+
 try:
     from playwright.sync_api import expect
 except ImportError:  # the `browser` fixture skips these tests
