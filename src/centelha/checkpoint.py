@@ -59,9 +59,8 @@ def tensors_for_file(state: dict[str, torch.Tensor], cfg) -> dict[str, torch.Ten
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:  # its message may quote the file
-        raise CentelhaError(f"{path} is not a readable safetensors file "
-                            f"({' '.join(str(e).split())})") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CentelhaError(f"{path} is not a readable safetensors file ({e})") from None
 
 
 def save_model_files(path: str | Path, model: Transformer, tokenizer: Tokenizer) -> None:
@@ -133,8 +132,8 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[Transformer,
                 raise CentelhaError(f"{not_float[0]} holds {tensors[not_float[0]].dtype} "
                                     "values, not floats")
             model = Transformer.from_tensors(cfg, tensors)
-    except CentelhaError as e:  # names from config.json may hold newlines: one line
-        raise CentelhaError(f"{weights}: {' '.join(str(e).split())}") from None
+    except CentelhaError as e:
+        raise CentelhaError(f"{weights}: {e}") from None
     return model.to(device).eval(), tokenizer
 
 

@@ -4,7 +4,8 @@ No logic lives here that the library lacks. A `CentelhaError` (bad input) become
 line on stderr and exit status 1; anything else is a bug and keeps its traceback.
 
 User and model text (prompts, replies, model names, paths) is never read as rich markup:
-it is printed with `markup=False` or inside `Text`, so `a[/]b` prints as typed.
+both consoles have markup off, and styles come from `Text` and `style=`, so `a[/]b`
+prints as typed.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from centelha.errors import CentelhaError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Build, train and run GPT-style language models on your own hardware.")
-console = Console()
+console = Console(markup=False)  # what is printed is text, never markup (see above)
 err_console = Console(stderr=True)
 
 
@@ -41,7 +42,7 @@ def prepare(
     prepared = prepare_data(inputs, out, vocab_size=vocab_size, kind=tokenizer,
                             val_fraction=val_fraction, redact_personal=redact, seed=seed)
     meta = prepared.meta
-    table = Table(title=Text(f"prepared {out}"))
+    table = Table(title=f"prepared {out}")
     for column in ("split", "documents", "tokens", "shards"):
         table.add_column(column, justify="right" if column != "split" else "left")
     for name, split in meta["splits"].items():
@@ -50,7 +51,7 @@ def prepare(
     console.print(table)
     console.print(f"tokenizer: {meta['tokenizer_kind']}, {meta['vocab_size']:,} tokens, "
                   f"ids stored as {meta['dtype']}; unigram baseline on val: "
-                  f"{meta['unigram_val_loss']:.3f} nats/token", markup=False)
+                  f"{meta['unigram_val_loss']:.3f} nats/token")
 
 
 def _parse_sets(values: list[str]) -> dict:
@@ -104,7 +105,7 @@ def train(
     ppl = f"{result.val_perplexity:.2f}" if result.val_perplexity else "n/a"
     val = f"{result.val_loss:.4f}" if result.val_loss is not None else "n/a"
     console.print(f"step {result.step}: train loss {result.train_loss:.4f}, val loss {val} "
-                  f"(perplexity {ppl}); checkpoint in {result.run_dir}", markup=False)
+                  f"(perplexity {ppl}); checkpoint in {result.run_dir}")
 
 
 SAMPLING_HELP = "0 = greedy"
@@ -179,7 +180,7 @@ def repl_turn(session, line: str) -> bool:
             return False
         if reply.kind == "notice":
             if reply.text:
-                console.print(reply.text, style="dim", markup=False, highlight=False)
+                console.print(reply.text, style="dim", highlight=False)
             return True
         for piece in reply.pieces:
             sys.stdout.write(piece)
@@ -229,7 +230,7 @@ def serve(
                                     " (API at /v1)"
                                     + (" — API key required" if api_key else "")))
 
-    console.print(f"loading {', '.join(sources)}…", style="dim", markup=False)
+    console.print(f"loading {', '.join(sources)}…", style="dim")
     run(sources, host=host, port=port, api_key=api_key, dtype=dtype, max_batch=max_batch,
         max_queue=max_queue, max_context=max_context, allowed_hosts=allowed_host,
         cors_origins=cors_origin, on_ready=ready)
@@ -249,7 +250,7 @@ def convert(
     if result["dequantized"]:
         console.print(f"dequantized {result['dequantized']} quantized layers to float32 "
                       "first", style="dim")
-    console.print(f"wrote {out}", markup=False)
+    console.print(f"wrote {out}")
 
 
 @app.command()
@@ -268,7 +269,7 @@ def quantize(
     net, tokenizer, _ = load_model(model, dtype=to, group_size=group_size)
     save_model_files(out, net, tokenizer)
     size = (out / "model.safetensors").stat().st_size
-    console.print(f"wrote {out} ({to}, {_human_size(size)})", markup=False)
+    console.print(f"wrote {out} ({to}, {_human_size(size)})")
 
 
 eval_app = typer.Typer(help="Measure a model: perplexity on a text.", no_args_is_help=True)
@@ -323,9 +324,9 @@ def models_list() -> None:
         cells = (name, card["family"], f"{card['parameters'] / 1e6:,.1f}M",
                  f"{card['context']:,}", card["quantization"],
                  _human_size(card["size_bytes"]), entry["path"])
-        table.add_row(*(Text(str(cell)) for cell in cells))
+        table.add_row(*(str(cell) for cell in cells))
     console.print(table)
-    console.print(f"registry: {registry.registry_file()}", style="dim", markup=False)
+    console.print(f"registry: {registry.registry_file()}", style="dim")
 
 
 @models_app.command("show")
@@ -346,8 +347,7 @@ def models_add(path: Path, name: str = typer.Option(..., help="Short name to use
     from centelha import registry
 
     card = registry.add(path, name)["card"]
-    console.print(f"added {name}: {card['family']}, {card['parameters'] / 1e6:,.1f}M parameters",
-                  markup=False)
+    console.print(f"added {name}: {card['family']}, {card['parameters'] / 1e6:,.1f}M parameters")
 
 
 @models_app.command("rm")
@@ -356,7 +356,7 @@ def models_rm(name: str) -> None:
     from centelha import registry
 
     registry.remove(name)
-    console.print(f"removed {name}", markup=False)
+    console.print(f"removed {name}")
 
 
 @app.command()
@@ -370,7 +370,7 @@ def info(model: str = typer.Argument(..., help="Model folder, .gguf file or name
     flops = flops_per_token(cfg)
     console.print(f"family {cfg.family}: {cfg.n_layer} layers, d_model {cfg.d_model}, "
                   f"{cfg.n_head} heads ({cfg.n_kv_head} kv), context {cfg.block_size}, "
-                  f"vocab {cfg.vocab_size} ({tokenizer.kind})", markup=False)
+                  f"vocab {cfg.vocab_size} ({tokenizer.kind})")
     console.print(f"parameters: {count_parameters(net):,}; FLOPs per token at full context: "
                   f"forward {flops['forward']:,}, training {flops['train']:,}")
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from centelha.errors import CentelhaError
 from centelha.jsonfile import read_json_object
+from centelha.kinds import is_integer, is_number
 
 # Switches each family sets; every other field keeps its dataclass default unless given.
 FAMILY_PRESETS: dict[str, dict[str, Any]] = {
@@ -58,10 +58,9 @@ def _is_kind(value: Any, kind: str) -> bool:
     if kind.endswith(" or null"):
         return value is None or _is_kind(value, kind.removesuffix(" or null"))
     if kind == "size":
-        return isinstance(value, int) and not isinstance(value, bool) and 0 < value < MAX_SIZE
+        return is_integer(value) and 0 < value < MAX_SIZE
     if kind == "number":
-        return isinstance(value, (int, float)) and not isinstance(value, bool) \
-            and math.isfinite(value)
+        return is_number(value)
     return isinstance(value, {"str": str, "bool": bool, "object": dict}[kind])
 
 

@@ -486,6 +486,23 @@ def quantize_model(model: nn.Module, method: str, group_size: int = 32,
     return model
 
 
+def dequantize_model(model: nn.Module) -> int:
+    """The inverse of `quantize_model`, for exporters: every QuantLinear becomes an
+    nn.Linear holding its dequantized weight, in place, and a tied LM head is tied to the
+    embedding again. Returns how many layers were replaced."""
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, QuantLinear)]
+    for name, layer in layers:
+        linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+        linear.weight.data = layer.dequantize()
+        if layer.bias is not None:
+            linear.bias.data = layer.bias.detach().float().clone()
+        _replace(model, name, linear)
+    if model.cfg.tie_embeddings and layers:
+        model.lm_head.weight = model.tok_emb.weight
+    model.cfg.extra.pop("quantization", None)
+    return len(layers)
+
+
 def quantized_state(model: nn.Module) -> tuple[dict[str, Tensor], dict]:
     """Tensors to save with safetensors (every parameter and buffer of the model, quantized
     layers included) and a JSON-able description: {"method", "group_size", "layers"}, plus

@@ -156,7 +156,7 @@ def _hf_facts(folder: Path):
         tensors = hf_to_tensors(meta, cfg)
     except RuntimeError as e:  # torch.cat of parts whose shapes disagree
         raise CentelhaError(f"{folder}: the weights' shapes do not fit together "
-                            f"({' '.join(str(e).split())})") from None
+                            f"({e})") from None
     return cfg, _elements(t.shape for t in tensors.values()), FP32
 
 

@@ -12,12 +12,12 @@ models, tokenizers or text.
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass, field
 
 import torch
 
 from centelha.errors import CentelhaError
+from centelha.kinds import is_integer, is_number
 
 # torch.Generator takes any 64-bit seed, signed or not
 MIN_SEED, MAX_SEED = -(2**63), 2**64 - 1
@@ -29,7 +29,7 @@ MIN_TEMPERATURE = 1e-5  # below this, logits / temperature can overflow float32:
 
 def _check_int(name: str, value, low: int | None = None, high: int | None = None) -> None:
     """`value` is an int (not a bool, not 5.5) within [low, high], or a CentelhaError."""
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+    if not is_integer(value):
         raise CentelhaError(f"{name} must be an integer, not {value!r}")
     if (low is not None and value < low) or (high is not None and value > high):
         raise CentelhaError(f"{name} must be {_range(low, high)}, not {value}")
@@ -37,9 +37,9 @@ def _check_int(name: str, value, low: int | None = None, high: int | None = None
 
 def _check_number(name: str, value, low: float, high: float) -> None:
     """`value` is a finite int or float within [low, high], or a CentelhaError."""
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
-        raise CentelhaError(f"{name} must be a number, not {value!r}")
-    if not low <= value <= high:  # NaN fails this too
+    if not is_number(value):
+        raise CentelhaError(f"{name} must be a finite number, not {value!r}")
+    if not low <= value <= high:
         raise CentelhaError(f"{name} must be {_range(low, high)}, not {value}")
 
 

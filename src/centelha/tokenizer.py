@@ -119,9 +119,7 @@ class Tokenizer:
             # (KeyboardInterrupt, SystemExit) goes on.
             if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
                 raise
-            # its message may quote the file, newlines included: keep it to one line
-            detail = " ".join(str(e).split())
-            raise CentelhaError(f"{path} is not a valid tokenizer.json: {detail}") from None
+            raise CentelhaError(f"{path} is not a valid tokenizer.json: {e}") from None
         tokenizer = cls(hf, read_tokenizer_config(path.parent / "tokenizer_config.json"))
         tokenizer.stop_ids |= read_stop_ids(path.parent / "generation_config.json",
                                             tokenizer.vocab_size)

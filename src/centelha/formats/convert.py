@@ -11,31 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from torch import nn
-
 from centelha.errors import CentelhaError
-from centelha.model import Transformer
 
 TARGETS = ("hf", "gguf")
-
-
-def dequantize_model(model: Transformer) -> int:
-    """Replace every quantized layer by an nn.Linear holding its dequantized weight, in
-    place; a tied LM head is tied to the embedding again. Returns how many were replaced."""
-    from centelha.quant import QuantLinear
-
-    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, QuantLinear)]
-    for name, layer in layers:
-        linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
-        linear.weight.data = layer.dequantize()
-        if layer.bias is not None:
-            linear.bias.data = layer.bias.detach().float().clone()
-        parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, attr, linear)
-    if model.cfg.tie_embeddings and layers:
-        model.lm_head.weight = model.tok_emb.weight
-    model.cfg.extra.pop("quantization", None)
-    return len(layers)
 
 
 def convert(source: str | Path, to: str, out: str | Path, dtype: str = "f16") -> dict:
@@ -43,6 +21,7 @@ def convert(source: str | Path, to: str, out: str | Path, dtype: str = "f16") ->
     folder transformers loads) or `"gguf"` (a file for llama.cpp and LM Studio, weights
     in `dtype`: f32, f16 or q8_0). Returns what was done: {"path", "dequantized"}."""
     from centelha.api import load_model
+    from centelha.quant import dequantize_model
 
     if to not in TARGETS:
         raise CentelhaError(f"--to must be hf or gguf, not {to!r}")

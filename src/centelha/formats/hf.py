@@ -18,9 +18,9 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from centelha.checkpoint import read_weights
 from centelha.config import ModelConfig
 from centelha.errors import CentelhaError
 from centelha.jsonfile import read_json_object
@@ -119,11 +119,7 @@ def read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
         raise CentelhaError(f"{folder} has no model.safetensors")
     tensors: dict[str, torch.Tensor] = {}
     for name in files:
-        try:
-            tensors.update(load_file(str(folder / name)))
-        except (SafetensorError, OSError) as e:  # its message may quote the file
-            raise CentelhaError(f"{folder / name} is not a readable safetensors file "
-                                f"({' '.join(str(e).split())})") from None
+        tensors.update(read_weights(folder / name))
     return {k: v.float() for k, v in tensors.items()}
 
 
@@ -235,7 +231,7 @@ def load_hf(folder: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], T
         tensors = hf_to_tensors(read_safetensors(folder), cfg)
     except RuntimeError as e:  # q/k/v (or gate/up) of shapes that cannot be concatenated
         raise CentelhaError(f"{folder}: the weights' shapes do not fit together "
-                            f"({' '.join(str(e).split())})") from None
+                            f"({e})") from None
     tokenizer = load_hf_tokenizer(folder)
     if tokenizer.vocab_size > cfg.vocab_size:
         raise CentelhaError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model "

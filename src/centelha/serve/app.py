@@ -54,7 +54,6 @@ from centelha.serve.scheduler import Error, QueueFull, Scheduler
 
 STATIC = Path(__file__).with_name("static")
 DEFAULT_MAX_BODY = 1 << 20  # 1 MiB of JSON is ~250k tokens of text: far past any context
-LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})  # Host names that stay here
 
 
 @dataclass
@@ -380,7 +379,7 @@ async def event_stream(head: dict, request: Sampling, prompt_tokens: int, first:
 # -- the app -------------------------------------------------------------------------------------
 def create_app(models: list[Served], api_key: str | None = None,
                max_body: int = DEFAULT_MAX_BODY,
-               allowed_hosts: Iterable[str] | None = LOOPBACK_NAMES,
+               allowed_hosts: Iterable[str] | None = (),
                cors_origins: Iterable[str] = ()) -> FastAPI:
     """The app serving `models`. `allowed_hosts`: the Host names answered besides loopback
     ones (None: any, for a server bound to a public address); `cors_origins`: web origins

@@ -17,7 +17,6 @@ from centelha.errors import CentelhaError
 from centelha.registry import entries
 from centelha.serve.app import (
     DEFAULT_MAX_BODY,
-    LOOPBACK_NAMES,
     Served,
     create_app,
     is_loopback,
@@ -55,10 +54,11 @@ def load_served(sources: list[str], dtype: str = "fp32", max_batch: int = 8,
 
 
 def allowed_hosts_for(host: str, extra: list[str] = ()) -> frozenset[str] | None:
-    """The Host names to answer: bound to loopback, loopback names and `extra`; bound to
-    another address (the user exposed the server), any name unless `extra` lists them."""
+    """The Host names to answer besides loopback ones (which always are): bound to
+    loopback, `extra`; bound to another address (the user exposed the server), any name
+    (None) unless `extra` lists them."""
     if is_loopback(host) or extra:
-        return LOOPBACK_NAMES | {name.lower() for name in extra}
+        return frozenset(name.lower() for name in extra)
     return None
 
 

@@ -11,7 +11,6 @@ the model section), so a bad value is a one-line error before anything is writte
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -21,6 +20,7 @@ from typing import Any
 import yaml
 
 from centelha.errors import CentelhaError
+from centelha.kinds import is_integer, is_number
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 _CUDA_INDEX = re.compile(r"cuda:[0-9]+")
@@ -64,42 +64,33 @@ class TrainConfig:
     def _check_counts(self) -> None:
         for key in ("batch_size", "grad_accum", "max_steps", "eval_batches", "log_interval"):
             value = getattr(self, key)
-            _require(key, value, _is_int(value) and value >= 1, "a positive integer")
+            _require(key, value, is_integer(value) and value >= 1, "a positive integer")
         _require("eval_interval", self.eval_interval,
-                 _is_int(self.eval_interval) and self.eval_interval >= 1,
+                 is_integer(self.eval_interval) and self.eval_interval >= 1,
                  "a positive integer (set it to max_steps to evaluate only at the end)")
         for key in ("warmup_steps", "ckpt_interval"):
             value = getattr(self, key)
-            _require(key, value, _is_int(value) and value >= 0, "a non-negative integer")
-        _require("decay_steps", self.decay_steps,
-                 self.decay_steps is None or (_is_int(self.decay_steps) and self.decay_steps >= 1),
+            _require(key, value, is_integer(value) and value >= 0, "a non-negative integer")
+        decay = self.decay_steps
+        _require("decay_steps", decay, decay is None or (is_integer(decay) and decay >= 1),
                  "a positive integer or null (max_steps)")
         _require("threads", self.threads,
-                 self.threads is None or (_is_int(self.threads) and self.threads >= 1),
+                 self.threads is None or (is_integer(self.threads) and self.threads >= 1),
                  "a positive integer or null (PyTorch's default)")
-        _require("seed", self.seed, _is_int(self.seed) and 0 <= self.seed < SEED_LIMIT,
+        _require("seed", self.seed, is_integer(self.seed) and 0 <= self.seed < SEED_LIMIT,
                  "an integer from 0 to 2**64 - 2")
 
     def _check_optimizer(self) -> None:
-        _require("lr", self.lr, _is_number(self.lr) and self.lr > 0, "a positive number")
+        _require("lr", self.lr, is_number(self.lr) and self.lr > 0, "a positive number")
         _require("min_lr", self.min_lr, self.min_lr is None
-                 or (_is_number(self.min_lr) and 0 <= self.min_lr <= self.lr),
+                 or (is_number(self.min_lr) and 0 <= self.min_lr <= self.lr),
                  f"a number from 0 to train.lr ({self.lr}) or null (lr / 10)")
         for key in ("weight_decay", "grad_clip"):
             value = getattr(self, key)
-            _require(key, value, _is_number(value) and value >= 0, "a number ≥ 0")
+            _require(key, value, is_number(value) and value >= 0, "a number ≥ 0")
         for key in ("beta1", "beta2"):
             value = getattr(self, key)
-            _require(key, value, _is_number(value) and 0 <= value < 1, "a number in [0, 1)")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)  # YAML's true is no count
-
-
-def _is_number(value: Any) -> bool:
-    """An int or a finite float (not a bool, not .nan or .inf)."""
-    return _is_int(value) or (isinstance(value, float) and math.isfinite(value))
+            _require(key, value, is_number(value) and 0 <= value < 1, "a number in [0, 1)")
 
 
 def _is_device(value: Any) -> bool:
