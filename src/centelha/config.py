@@ -11,7 +11,6 @@ checks every field's type before anything is computed from it.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +84,28 @@ def _weights(cfg: ModelConfig) -> int:
     return cfg.n_layer * layer + (2 * cfg.vocab_size + cfg.block_size) * cfg.d_model
 
 
+ROPE_KINDS = ("default", "linear", "llama3")
+ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+
+def normalised_rope_scaling(scaling: dict | None) -> dict | None:
+    """The one reading of a rope-scaling object: None for plain rotary positions, else
+    {"rope_type": kind, …the keys that kind uses}. Old files say "type", new ones
+    "rope_type"; both are accepted here so that no other module has to know."""
+    if not scaling:
+        return None
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind not in ROPE_KINDS:
+        raise CentelhaError(f"rope scaling {kind!r} is not supported "
+                            f"(supported: {', '.join(ROPE_KINDS)})")
+    if kind == "default":
+        return None
+    factor = scaling.get("factor")
+    if not is_number(factor) or factor <= 0:
+        raise CentelhaError(f"{kind} rope scaling needs a positive factor, not {factor!r}")
+    return {"rope_type": kind, **{k: scaling[k] for k in ROPE_KEYS if k in scaling}}
+
+
 @dataclass
 class ModelConfig:
     family: str = "gpt2"
@@ -126,7 +147,13 @@ class ModelConfig:
                 self.d_ff = 4 * self.d_model
         if self.qkv_bias is None:
             self.qkv_bias = self.bias
+        self.rope_scaling = normalised_rope_scaling(self.rope_scaling)
         self.validate()
+
+    @property
+    def rope_kind(self) -> str:
+        """How rotary frequencies are scaled for long contexts: default, linear or llama3."""
+        return self.rope_scaling["rope_type"] if self.rope_scaling else "default"
 
     def validate(self) -> None:
         for key, allowed in CHOICES.items():
@@ -144,11 +171,6 @@ class ModelConfig:
             )
         if self.pos == "rope" and self.head_dim % 2:
             raise CentelhaError(f"rotary positions need an even head_dim, not {self.head_dim}")
-        if self.rope_scaling:
-            kind = self.rope_scaling.get("rope_type", self.rope_scaling.get("type"))
-            if kind not in ("default", "linear", "llama3"):
-                raise CentelhaError(f"rope scaling {kind!r} is not supported "
-                                    "(supported: default, linear, llama3)")
         if not 0.0 <= self.dropout < 1.0:
             raise CentelhaError(f"model.dropout must be in [0, 1), not {self.dropout}")
 
@@ -177,9 +199,6 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> ModelConfig:

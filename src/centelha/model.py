@@ -83,12 +83,10 @@ def rope_inverse_frequencies(cfg: ModelConfig) -> torch.Tensor:
     context scaling when the config asks for it."""
     half = torch.arange(0, cfg.head_dim, 2, dtype=torch.float64) / cfg.head_dim
     inv_freq = 1.0 / (cfg.rope_theta ** half)
-    scaling = cfg.rope_scaling or {}
-    kind = scaling.get("rope_type", scaling.get("type", "default"))
-    if kind == "linear":
-        return inv_freq / scaling["factor"]
-    if kind == "llama3":
-        return llama3_scaled(inv_freq, scaling)
+    if cfg.rope_kind == "linear":
+        return inv_freq / cfg.rope_scaling["factor"]
+    if cfg.rope_kind == "llama3":
+        return llama3_scaled(inv_freq, cfg.rope_scaling)
     return inv_freq
 
 

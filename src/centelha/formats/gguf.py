@@ -830,8 +830,7 @@ def read_gguf_shapes(path: str | Path) -> tuple[ModelConfig, dict[str, tuple[int
 def _export_architecture(cfg: ModelConfig) -> str:
     """The llama.cpp architecture that runs this config exactly."""
     arch = _matching_architecture(cfg)
-    scaling = cfg.rope_scaling or {}
-    if arch != "llama" and scaling.get("rope_type", scaling.get("type")) == "llama3":
+    if arch != "llama" and cfg.rope_kind == "llama3":
         # llama.cpp reads Llama 3's frequency table (rope_freqs) for llama models only
         raise CentelhaError(f"Llama 3 rope scaling cannot be exported on a {arch} model")
     return arch
@@ -894,10 +893,9 @@ def _export_tensors(model: Transformer, arch: str) -> dict[str, torch.Tensor]:
                         f"{g}attn_v.{param}": v})
         gate, up = sd[f"{b}mlp.fc_in.weight"].split([cfg.d_ff, cfg.d_ff])
         out.update({f"{g}ffn_gate.weight": gate, f"{g}ffn_up.weight": up})
-    scaling = cfg.rope_scaling or {}
-    if scaling.get("rope_type", scaling.get("type")) == "llama3":
+    if cfg.rope_kind == "llama3":
         out["rope_freqs.weight"] = torch.from_numpy(
-            _llama3_factors(scaling, cfg.rope_theta, cfg.head_dim))
+            _llama3_factors(cfg.rope_scaling, cfg.rope_theta, cfg.head_dim))
     return {k: v.contiguous() for k, v in out.items()}
 
 
@@ -977,10 +975,9 @@ def _write_model_metadata(writer: GGUFWriter, cfg: ModelConfig, arch: str, dtype
     if cfg.head_dim * cfg.n_head != cfg.d_model:
         writer.add_key_length(cfg.head_dim)
         writer.add_value_length(cfg.head_dim)
-    scaling = cfg.rope_scaling or {}  # llama3 scaling travels as the rope_freqs tensor
-    if scaling.get("rope_type", scaling.get("type")) == "linear":
+    if cfg.rope_kind == "linear":  # llama3 scaling travels as the rope_freqs tensor
         writer.add_rope_scaling_type(RopeScalingType.LINEAR)
-        writer.add_rope_scaling_factor(scaling["factor"])
+        writer.add_rope_scaling_factor(cfg.rope_scaling["factor"])
 
 
 # -- exporting the tokenizer -------------------------------------------------------------------

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import save_file
 
 from centelha.checkpoint import read_weights
-from centelha.config import ModelConfig
+from centelha.config import ModelConfig, normalised_rope_scaling
 from centelha.errors import CentelhaError
 from centelha.jsonfile import read_json_object
 from centelha.model import Transformer
@@ -52,12 +52,7 @@ def _rope(hf: dict) -> tuple[float, dict | None]:
     theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
     if isinstance(theta, bool) or not isinstance(theta, (int, float)):
         raise CentelhaError(f"config.json: rope_theta must be a number, not {theta!r}")
-    kind = scaling.get("rope_type", scaling.get("type", "default"))
-    if kind == "default":
-        return float(theta), None
-    keep = ("rope_type", "factor", "low_freq_factor", "high_freq_factor",
-            "original_max_position_embeddings")
-    return float(theta), {"rope_type": kind, **{k: scaling[k] for k in keep[1:] if k in scaling}}
+    return float(theta), normalised_rope_scaling(scaling)
 
 
 def hf_to_config(hf: dict) -> ModelConfig:
