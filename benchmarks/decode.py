@@ -58,8 +58,8 @@ def peak_rss_mib() -> float:
 
 # -- one engine, in this process ------------------------------------------------------------
 def run_centelha(name: str, ids: list[int]) -> dict:
-    from centelha.api import load_model
     from centelha.engine import Engine, Request
+    from centelha.loading import load_model
     from centelha.sampling import SamplingConfig
 
     dtype = name.split("-")[1]
@@ -131,8 +131,8 @@ def run_transformers(ids: list[int]) -> dict:
 
 def run_batches(name: str, sizes: list[int]) -> dict:
     """Aggregate decode tokens/s with `size` different requests decoding together."""
-    from centelha.api import load_model
     from centelha.engine import Engine, Request
+    from centelha.loading import load_model
     from centelha.sampling import SamplingConfig
 
     dtype = name.split("-")[1]

@@ -17,8 +17,8 @@ import time
 
 import torch
 
-from centelha.api import load_model
 from centelha.evaluate import perplexity
+from centelha.loading import load_model
 from centelha.quickstart import bundled_corpus
 
 FORMATS = ["fp32", "bf16", "int8", "int4", "native"]

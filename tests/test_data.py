@@ -36,7 +36,7 @@ def test_prepare_writes_shards_that_read_back_as_the_tokens(tmp_path):
     assert val["documents"] == 4
     tokens = np.fromfile(tmp_path / "out" / train["shards"][0], dtype=np.uint16)
     assert len(tokens) == train["tokens"]
-    assert (tokens == prepared.tokenizer.eot_id).sum() == train["documents"]
+    assert (tokens == Tokenizer.load(prepared.path / "tokenizer.json").eot_id).sum() == train["documents"]
     assert meta["unigram_val_loss"] > 0
 
 
@@ -77,7 +77,8 @@ def test_char_tokenizer_option(tmp_path):
     prepared = prepare([corpus], tmp_path / "out", kind="char", vocab_size=1000,
                        show_progress=False, val_fraction=0.2)
     assert prepared.meta["tokenizer_kind"] == "char"
-    assert prepared.tokenizer.decode(prepared.tokenizer.encode("história 🙂")) == "história 🙂"
+    tokenizer = Tokenizer.load(prepared.path / "tokenizer.json")
+    assert tokenizer.decode(tokenizer.encode("história 🙂")) == "história 🙂"
 
 
 def test_redact_masks_personal_data_before_tokenizing(tmp_path):

@@ -39,13 +39,13 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from centelha import registry
-from centelha.api import load_model
 from centelha.checkpoint import save_model_files
 from centelha.config import ModelConfig
 from centelha.errors import CentelhaError
 from centelha.formats import gguf as gguf_format
 from centelha.formats.gguf import save_gguf
 from centelha.formats.hf import save_hf
+from centelha.loading import load_model
 from centelha.model import Transformer
 from centelha.quant import quantize_model
 from centelha.tokenizer import Tokenizer, train_bpe

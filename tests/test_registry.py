@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from centelha import registry
-from centelha.api import load, load_model
+from centelha.api import load
 from centelha.checkpoint import save_model_files
 from centelha.errors import CentelhaError
 from centelha.formats.gguf import save_gguf
 from centelha.formats.hf import save_hf
+from centelha.loading import load_model
 from centelha.model import Transformer, count_parameters
 from centelha.quant import quantize_model
 from centelha.tokenizer import train_bpe
@@ -197,8 +198,9 @@ def test_adding_a_model_reads_no_tensor_data(home, tmp_path, kind, monkeypatch):
     assert without_size(registry.add(path, "m")["card"]) == expected
 
 
-def test_the_registry_does_not_import_the_api(home, checkpoint, monkeypatch):
-    monkeypatch.setitem(sys.modules, "centelha.api", None)  # importing it now fails
+def test_the_registry_loads_no_model(home, checkpoint, monkeypatch):
+    for module in ("centelha.api", "centelha.loading"):
+        monkeypatch.setitem(sys.modules, module, None)  # importing it now fails
     card = registry.add(checkpoint[0], "m")["card"]
     assert card["format"] == "centelha" and card["parameters"] == count_parameters(
         checkpoint[1])

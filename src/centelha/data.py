@@ -185,10 +185,6 @@ class PreparedData:
     path: Path
     meta: dict
 
-    @property
-    def tokenizer(self) -> Tokenizer:
-        return Tokenizer.load(self.path / "tokenizer.json")
-
 
 def prepare(inputs: list[str | Path], out: str | Path, vocab_size: int = 4096,
             kind: str = "bpe", val_fraction: float = 0.05, redact_personal: bool = False,

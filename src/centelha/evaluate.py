@@ -5,6 +5,9 @@ windows of the model's context (or `window` tokens) that overlap by `window - st
 positions: every token after the first window is predicted with at least
 `window - stride` tokens of context, and each token is counted exactly once. This is the
 usual "sliding window" evaluation, so numbers compare with other tools' at equal settings.
+
+`summed_nll` is the one scoring step: training's validation loss and perplexity both
+call it, so the two numbers are the same measure (validation loss = ln perplexity).
 """
 
 from __future__ import annotations
@@ -13,11 +16,24 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from centelha.errors import CentelhaError
+from centelha.generate import with_bos
 from centelha.model import Transformer
 from centelha.tokenizer import Tokenizer
+
+IGNORE = -100  # a target the loss skips (cross-entropy's ignore_index)
+
+
+def summed_nll(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor
+               ) -> tuple[float, int]:
+    """Total negative log-likelihood (nats) of the `targets` that are not IGNORE, each
+    predicted from the `inputs` up to it, and how many were scored."""
+    scored = int((targets != IGNORE).sum())
+    if not scored:
+        return 0.0, 0
+    _, mean = model(inputs, targets)
+    return mean.item() * scored, scored
 
 
 @dataclass
@@ -35,9 +51,7 @@ class Perplexity:
 def perplexity(model: Transformer, tokenizer: Tokenizer, text: str, window: int | None = None,
                stride: int | None = None, max_tokens: int | None = None) -> Perplexity:
     """Perplexity of `model` on `text` with a sliding window."""
-    ids = tokenizer.encode(text)
-    if tokenizer.add_bos:
-        ids = [tokenizer.bos_id, *ids]
+    ids = with_bos(tokenizer, tokenizer.encode(text))
     if max_tokens:
         ids = ids[:max_tokens]
     if len(ids) < 2:
@@ -52,11 +66,11 @@ def perplexity(model: Transformer, tokenizer: Tokenizer, text: str, window: int 
         end = min(begin + window, len(ids))
         first = max(scored, begin + 1)  # tokens already scored are not counted twice
         if first < end:
-            logits = model(tokens[begin:end][None])[0].float()
-            predictions = logits[first - 1 - begin:end - 1 - begin]
-            total += F.cross_entropy(predictions, tokens[first:end], reduction="sum").item()
-            count += end - first
-            scored = end
+            targets = tokens[begin + 1:end].clone()
+            targets[:first - begin - 1] = IGNORE
+            window_total, window_count = summed_nll(model, tokens[None, begin:end - 1],
+                                                    targets[None])
+            total, count, scored = total + window_total, count + window_count, end
         if end == len(ids):
             break
     nll = total / count

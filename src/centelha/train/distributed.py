@@ -128,9 +128,6 @@ def micro_step_context(model: nn.Module, world: World, last: bool):
 
 
 # -- checkpoints ---------------------------------------------------------------------------------
-SHARDED = "sharded"
-
-
 def save_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path) -> None:
     """Every rank writes its shards of the weights and the optimizer state (collective)."""
     import torch.distributed.checkpoint as dcp

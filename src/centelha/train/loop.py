@@ -39,6 +39,7 @@ from centelha.checkpoint import (
 from centelha.config import ModelConfig
 from centelha.data import TokenWindows, load_meta
 from centelha.errors import CentelhaError
+from centelha.evaluate import summed_nll
 from centelha.model import Transformer, count_parameters, flops_per_token
 from centelha.tokenizer import Tokenizer
 from centelha.train.config import RunConfig, load_run_config
@@ -95,7 +96,8 @@ def pick_device(name: str) -> torch.device:
 def evaluate_loss(model: torch.nn.Module, windows: TokenWindows, batch_size: int,
                   max_batches: int, device: torch.device, autocast,
                   world: World | None = None) -> float:
-    """Mean next-token cross-entropy over the first `max_batches` batches of val windows.
+    """Mean next-token cross-entropy over the first `max_batches` batches of val windows
+    (`evaluate.summed_nll`, the measure perplexity uses).
     In a world of N ranks a batch is N × batch_size windows, each rank scoring its share."""
     world = world or World()
     was_training = model.training
@@ -107,9 +109,8 @@ def evaluate_loss(model: torch.nn.Module, windows: TokenWindows, batch_size: int
         rows = world.rows(batch_size) if world.distributed else slice(None)
         x, y = x[rows], y[rows]
         with autocast():
-            _, loss = model(x.to(device), y.to(device))
-        totals += torch.tensor([loss.item() * y.numel(), y.numel()], dtype=torch.float64,
-                               device=device)
+            nll, scored = summed_nll(model, x.to(device), y.to(device))
+        totals += torch.tensor([nll, scored], dtype=torch.float64, device=device)
     if world.distributed:
         torch.distributed.all_reduce(totals)
     model.train(was_training)

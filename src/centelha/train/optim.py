@@ -15,18 +15,22 @@ from torch import nn
 from centelha.train.config import TrainConfig
 
 
+def decay_split(model: nn.Module) -> tuple[list[tuple[str, nn.Parameter]], ...]:
+    """The trainable (name, parameter) pairs that decay (matrices) and those that do not."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return [(n, p) for n, p in named if p.dim() >= 2], [(n, p) for n, p in named if p.dim() < 2]
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+    decay, no_decay = decay_split(model)
+    return [{"params": [p for _, p in decay], "weight_decay": weight_decay},
+            {"params": [p for _, p in no_decay], "weight_decay": 0.0}]
 
 
 def param_names(model: nn.Module) -> list[str]:
     """Parameter names in the order the optimizer numbers them (decay group, then no-decay)."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    return [n for n, p in named if p.dim() >= 2] + [n for n, p in named if p.dim() < 2]
+    decay, no_decay = decay_split(model)
+    return [n for n, _ in decay + no_decay]
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device,
