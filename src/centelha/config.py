@@ -108,28 +108,64 @@ def normalised_rope_scaling(scaling: dict | None) -> dict | None:
 
 @dataclass
 class ModelConfig:
+    """Everything that fixes a decoder-only architecture; `Transformer(cfg)` builds it.
+
+    Families are presets: `family: llama` sets RMSNorm, rotary positions, SwiGLU, no
+    biases and untied embeddings, and any field given beside it overrides the preset.
+    In YAML this is the `model:` section; each field's help is the text under it.
+    """
+
     family: str = "gpt2"
+    """Preset the other fields start from: gpt2 or llama (qwen2, qwen3 and mistral are
+    llama with other switches)."""
     vocab_size: int = 50257
+    """Rows of the embedding and the output head; at least the tokenizer's vocabulary
+    (left out in a training config: taken from the prepared data's tokenizer)."""
     block_size: int = 1024
+    """The context: the most tokens the model attends over (learned positions' table size)."""
     n_layer: int = 12
+    """Transformer blocks stacked."""
     n_head: int = 12
-    n_kv_head: int | None = None      # None: as many as query heads (plain multi-head)
+    """Query heads per attention layer."""
+    n_kv_head: int | None = None
+    """Key/value heads (grouped-query attention: n_head must be a multiple);
+    null: as many as query heads (plain multi-head attention)."""
     d_model: int = 768
-    head_dim: int | None = None       # None: d_model // n_head
-    d_ff: int | None = None           # None: 4·d (gelu) or ≈ 8/3·d rounded to 64 (swiglu)
+    """Width of the residual stream (the embedding size)."""
+    head_dim: int | None = None
+    """Channels per head; null: d_model / n_head."""
+    d_ff: int | None = None
+    """Hidden width of the MLP; null: 4 × d_model (gelu) or ≈ 8/3 × d_model rounded up
+    to a multiple of 64 (swiglu)."""
     norm: str = "layernorm"
+    """Normalisation before attention and MLP: layernorm (GPT-2) or rmsnorm (Llama)."""
     norm_eps: float = 1e-5
+    """Epsilon added to the variance in the norms."""
     pos: str = "learned"
+    """Positions: learned (an embedding table, GPT-2) or rope (rotary, Llama)."""
     rope_theta: float = 10000.0
+    """Rotary base: the longest wavelength grows with it."""
     rope_scaling: dict | None = None
+    """Long-context scaling of rotary frequencies: null, or {rope_type: linear | llama3,
+    factor: …, and llama3's low_freq_factor, high_freq_factor,
+    original_max_position_embeddings}, as in Hugging Face's config.json."""
     mlp: str = "gelu"
+    """MLP kind: gelu (two matrices, GPT-2) or swiglu (gated, three matrices, Llama)."""
     bias: bool = True
-    qkv_bias: bool | None = None      # None: same as `bias` (Qwen2 has qkv biases only)
+    """Biases on every linear layer (GPT-2) or none (Llama)."""
+    qkv_bias: bool | None = None
+    """Biases on the query/key/value projections only; null: the same as bias (Qwen2 has
+    these and no others)."""
     qk_norm: bool = False
+    """RMSNorm on each head's queries and keys before rotary positions (Qwen3)."""
     tie_embeddings: bool = True
+    """The output head reuses the token embedding matrix."""
     dropout: float = 0.0
+    """Dropout on attention weights and residual branches while training, in [0, 1)."""
     init_std: float = 0.02
-    extra: dict = field(default_factory=dict)  # free-form notes (source, chat template…)
+    """Standard deviation of the initial weights (GPT-2's 0.02)."""
+    extra: dict = field(default_factory=dict)
+    """Free-form notes that travel with the model (where it came from, quantization…)."""
 
     def __post_init__(self) -> None:
         if self.n_kv_head is None:

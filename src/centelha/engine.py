@@ -39,12 +39,19 @@ from centelha.sampling import SamplingConfig, choose_token, make_generator, proc
 
 @dataclass
 class Request:
+    """One generation asked of the engine: a prompt already in token ids, and how to go on."""
+
     prompt_ids: list[int]
+    """The prompt, BOS and chat template applied (see `generate.prompt_ids`)."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """How each token is chosen, and when the text ends (max_new_tokens; stop strings are
+    the caller's, who sees the text)."""
     stop_ids: frozenset[int] = frozenset()
-    # None: no log-probabilities; k ≥ 0: each token's, and the k most likely alternatives'
+    """Token ids that end the generation (the tokenizer's end-of-turn tokens)."""
     logprobs: int | None = None
+    """None: no log-probabilities; k ≥ 0: each token's, and the k most likely alternatives'."""
     id: int = field(default_factory=itertools.count().__next__)
+    """Unique in the process: tokens and `remove` name their request by it."""
 
 
 @dataclass
@@ -83,6 +90,9 @@ def log_probabilities(logits: torch.Tensor, token: int,
 
 
 class Engine:
+    """A model with a KV cache of `max_batch` rows of `max_len` positions, decoding every
+    active request one token per `step` (see the module docstring for the design)."""
+
     def __init__(self, model: Transformer, max_batch: int = 8, max_len: int | None = None,
                  prefill_chunk: int = 512, vocab_size: int | None = None):
         self.model = model.eval()

@@ -62,16 +62,32 @@ def _check_stops(stop) -> None:
 
 @dataclass
 class SamplingConfig:
+    """The settings of one generation. Each field's help (here, in `centelha generate
+    --help` and `centelha config sampling`) is the text under it."""
+
     max_new_tokens: int = 200
-    temperature: float = 1.0          # 0: greedy
+    """At most this many new tokens (the context may end the text sooner)."""
+    temperature: float = 1.0
+    """Divide the logits by this before sampling: below 1 sharper, above 1 flatter;
+    0 takes the most likely token every time (greedy)."""
     top_k: int | None = None
+    """Keep only the k most likely tokens; null: all."""
     top_p: float | None = None
+    """Nucleus sampling: keep the smallest set of most likely tokens whose probability
+    reaches this, in (0, 1]; null: all."""
     min_p: float | None = None
+    """Keep tokens at least this share of the most likely one's probability, in (0, 1]."""
     repetition_penalty: float = 1.0
-    presence_penalty: float = 0.0     # OpenAI's: subtracted once from every generated token
-    frequency_penalty: float = 0.0    # … and this much per time it was generated
+    """CTRL's penalty on every token already in the prompt or the text: above 1
+    discourages repeats."""
+    presence_penalty: float = 0.0
+    """OpenAI's, from -2 to 2: subtracted once from each token already generated."""
+    frequency_penalty: float = 0.0
+    """OpenAI's, from -2 to 2: subtracted per time a token was already generated."""
     stop: list[str] = field(default_factory=list)
+    """Texts that end the generation; the stop text itself is not returned."""
     seed: int | None = None
+    """Seed of the sampler, for reproducible text; null: a fresh one each time."""
 
     def __post_init__(self) -> None:
         _check_int("max_new_tokens", self.max_new_tokens, low=0)

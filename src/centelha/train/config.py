@@ -29,26 +29,48 @@ SEED_LIMIT = 2**64 - 1  # torch seeds are unsigned 64-bit; the data sampler gets
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 16              # ≥ 1, sequences per micro-step (per rank)
-    grad_accum: int = 1               # ≥ 1
-    max_steps: int = 1000             # ≥ 1
-    lr: float = 1e-3                  # > 0, the peak learning rate
-    min_lr: float | None = None       # 0 ≤ min_lr ≤ lr; None: lr / 10
-    warmup_steps: int = 100           # ≥ 0
-    decay_steps: int | None = None    # ≥ 1; None: max_steps (cosine reaches min_lr at the end)
-    weight_decay: float = 0.1         # ≥ 0
-    beta1: float = 0.9                # in [0, 1)
-    beta2: float = 0.95               # in [0, 1)
-    grad_clip: float = 1.0            # ≥ 0; 0 turns clipping off
-    eval_interval: int = 100          # ≥ 1, as in nanoGPT; the last step is always evaluated,
-                                      # so max_steps means "only at the end"
-    eval_batches: int = 20            # ≥ 1
-    ckpt_interval: int = 500          # ≥ 0; 0: only at the end
-    log_interval: int = 10            # ≥ 1
-    seed: int = 1337                  # 0 ≤ seed ≤ 2**64 - 2
-    device: str = "auto"              # auto | cpu | cuda | cuda:N | mps
+    """How a training run optimises: the `train:` section of a YAML config. Each field's
+    help is the text under it; every value is checked when the config is made."""
+
+    batch_size: int = 16
+    """Sequences per micro-step, per process (≥ 1)."""
+    grad_accum: int = 1
+    """Micro-steps whose gradients add up to one optimizer step (≥ 1)."""
+    max_steps: int = 1000
+    """Optimizer steps the run takes (≥ 1)."""
+    lr: float = 1e-3
+    """The peak learning rate, reached after warmup (> 0)."""
+    min_lr: float | None = None
+    """Where the cosine decay ends, from 0 to lr; null: lr / 10."""
+    warmup_steps: int = 100
+    """Steps of linear warmup from 0 to lr (≥ 0)."""
+    decay_steps: int | None = None
+    """Step at which the cosine reaches min_lr (≥ 1); null: max_steps."""
+    weight_decay: float = 0.1
+    """AdamW's decoupled weight decay on matrices; biases and norm gains get none (≥ 0)."""
+    beta1: float = 0.9
+    """AdamW's first-moment decay, in [0, 1)."""
+    beta2: float = 0.95
+    """AdamW's second-moment decay, in [0, 1)."""
+    grad_clip: float = 1.0
+    """Clip the gradients' global norm to this (≥ 0; 0 turns clipping off)."""
+    eval_interval: int = 100
+    """Steps between validation losses (≥ 1, as in nanoGPT); the last step is always
+    evaluated, so max_steps means "only at the end"."""
+    eval_batches: int = 20
+    """Validation batches per evaluation (≥ 1)."""
+    ckpt_interval: int = 500
+    """Steps between checkpoints (≥ 0; 0: only at the end)."""
+    log_interval: int = 10
+    """Steps between log lines (≥ 1)."""
+    seed: int = 1337
+    """Seed of the initial weights and of the batch order, from 0 to 2**64 - 2."""
+    device: str = "auto"
+    """auto, cpu, cuda, cuda:N or mps (auto: the GPU if there is one)."""
     compile: bool = False
-    threads: int | None = None        # ≥ 1; None: PyTorch's default
+    """torch.compile the model before training."""
+    threads: int | None = None
+    """CPU threads for PyTorch (≥ 1); null: PyTorch's default."""
 
     def __post_init__(self) -> None:
         self._check_counts()
