@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from centelha.engine import generate_ids
+from centelha.api import LLM
+from centelha.engine import Engine, Request
 from centelha.errors import CentelhaError
-from centelha.generate import complete
 from centelha.model import Transformer
 from centelha.sampling import (
     SamplingConfig,
@@ -61,10 +61,14 @@ def model_and_tokenizer():
     return model.eval(), tokenizer
 
 
+def ids_from(model, prompt: list[int], cfg: SamplingConfig) -> list[int]:
+    return [t.token for t in Engine(model, max_batch=1).stream(Request(prompt, cfg))]
+
+
 def test_greedy_equals_argmax_of_the_full_forward(model_and_tokenizer):
     model, _ = model_and_tokenizer
     prompt = [5, 17, 42, 8]
-    out = list(generate_ids(model, prompt, SamplingConfig(max_new_tokens=12, temperature=0)))
+    out = ids_from(model, prompt, SamplingConfig(max_new_tokens=12, temperature=0))
     ids = list(prompt)
     with torch.no_grad():
         for _ in range(12):
@@ -76,8 +80,8 @@ def test_same_seed_same_text_other_seed_other_text(model_and_tokenizer):
     model, tok = model_and_tokenizer
 
     def sample(seed):
-        return complete(model, tok, "Era uma", SamplingConfig(max_new_tokens=30, seed=seed,
-                                                              temperature=1.0, top_p=0.95))
+        return LLM(model, tok).generate("Era uma", max_new_tokens=30, seed=seed,
+                                        temperature=1.0, top_p=0.95)
 
     assert sample(1) == sample(1)
     assert sample(1) != sample(2)
@@ -85,24 +89,24 @@ def test_same_seed_same_text_other_seed_other_text(model_and_tokenizer):
 
 def test_stop_strings_end_the_text_before_them(model_and_tokenizer):
     model, tok = model_and_tokenizer
-    full = complete(model, tok, "Era", SamplingConfig(max_new_tokens=40, temperature=0))
+    llm = LLM(model, tok)
+    full = llm.generate("Era", max_new_tokens=40, temperature=0)
     assert len(full) > 6
     stop = full[3:6]
-    cut = complete(model, tok, "Era", SamplingConfig(max_new_tokens=40, temperature=0, stop=[stop]))
+    cut = llm.generate("Era", max_new_tokens=40, temperature=0, stop=[stop])
     assert cut == full[:full.index(stop)]
 
 
 def test_budget_is_clamped_to_the_context(model_and_tokenizer):
     model, _ = model_and_tokenizer
-    out = list(generate_ids(model, list(range(60)), SamplingConfig(max_new_tokens=100,
-                                                                    temperature=0)))
+    out = ids_from(model, list(range(60)), SamplingConfig(max_new_tokens=100, temperature=0))
     assert len(out) == 4
 
 
 def test_prompt_longer_than_the_context_is_a_clear_error(model_and_tokenizer):
     model, _ = model_and_tokenizer
     with pytest.raises(CentelhaError, match="context holds 64"):
-        next(generate_ids(model, list(range(64)), SamplingConfig()))
+        ids_from(model, list(range(64)), SamplingConfig())
 
 
 @pytest.mark.parametrize("values", [dict(temperature=-1), dict(top_p=0), dict(top_p=1.5),

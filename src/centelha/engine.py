@@ -259,7 +259,8 @@ def generate_ids(model: Transformer, prompt_ids: list[int], cfg: SamplingConfig,
                  vocab_size: int | None = None) -> Iterator[int]:
     """Yield new token ids one at a time: the prompt is prefilled once, then each step
     feeds only the newest token through the model, reading the rest from the KV cache.
-    This is the engine's single-request path, with a cache just long enough for it.
+    This is the engine's single-request path, with a cache just long enough for it: the
+    ids-level piece under `LLM.stream` for tests and benchmarks that compare token ids.
     `vocab_size`: the tokenizer's, when the model's embedding is padded past it."""
     length = len(prompt_ids) + max(1, cfg.max_new_tokens)
     engine = Engine(model, max_batch=1, max_len=min(model.cfg.block_size, length),

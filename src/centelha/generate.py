@@ -5,18 +5,15 @@ engine's token ids into text pieces as they arrive, holding back an incomplete c
 or text that could still become a stop string. Stop strings are matched on the decoded
 text, not on ids (a stop string may straddle tokens), and are not part of the output.
 
-`generate`/`complete` are the plain model + tokenizer form of `LLM.stream`/`LLM.generate`,
-for code that has no `LLM` (the quickstart). Sampling settings are `sampling.SamplingConfig`;
-the decode loop is the engine's (`engine.generate_ids`).
+The one way to generate from Python is `centelha.LLM` (`stream`, `generate`, `chat`,
+`complete`), built on these pieces and the engine; sampling settings are
+`sampling.SamplingConfig`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from centelha.engine import generate_ids
-from centelha.model import Transformer
-from centelha.sampling import SamplingConfig
 from centelha.tokenizer import Tokenizer
 
 
@@ -97,18 +94,3 @@ def stream_text(tokenizer: Tokenizer, tokens: Iterator[int], stop: list[str]) ->
     if rest:
         yield rest
 
-
-def generate(model: Transformer, tokenizer: Tokenizer, prompt: str,
-             cfg: SamplingConfig | None = None, special: bool = False) -> Iterator[str]:
-    """Stream the continuation of `prompt` as text pieces; ends at an end-of-text token,
-    a stop string or the token budget."""
-    cfg = cfg or SamplingConfig()
-    ids = prompt_ids(tokenizer, prompt, special)
-    tokens = generate_ids(model, ids, cfg, tokenizer.stop_ids, tokenizer.vocab_size)
-    yield from stream_text(tokenizer, tokens, cfg.stop)
-
-
-def complete(model: Transformer, tokenizer: Tokenizer, prompt: str,
-             cfg: SamplingConfig | None = None) -> str:
-    """The whole continuation as one string."""
-    return "".join(generate(model, tokenizer, prompt, cfg))

@@ -17,18 +17,15 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.text import Text
 
-from centelha.checkpoint import load_checkpoint
+from centelha.api import load
 from centelha.data import prepare
-from centelha.generate import complete
-from centelha.sampling import SamplingConfig
 from centelha.train import load_run_config, train
 
 PROMPT = "Capitu olhou para mim e"
 STRATEGIES = {
-    "greedy (temperature 0)": SamplingConfig(max_new_tokens=60, temperature=0),
-    "temperature 0.8, top-k 40": SamplingConfig(max_new_tokens=60, temperature=0.8, top_k=40,
-                                                seed=1),
-    "temperature 1.0, top-p 0.9, repetition penalty 1.2": SamplingConfig(
+    "greedy (temperature 0)": dict(max_new_tokens=60, temperature=0),
+    "temperature 0.8, top-k 40": dict(max_new_tokens=60, temperature=0.8, top_k=40, seed=1),
+    "temperature 1.0, top-p 0.9, repetition penalty 1.2": dict(
         max_new_tokens=60, temperature=1.0, top_p=0.9, repetition_penalty=1.2, seed=1),
 }
 
@@ -57,9 +54,9 @@ def run_quickstart(workdir: str | Path, console: Console, max_steps: int | None 
     result = train(data_dir, run_dir, load_run_config("quickstart", overrides))
 
     console.rule("3. generate: the same prompt, three decoding strategies")
-    model, tokenizer = load_checkpoint(run_dir)
-    for name, sampling in STRATEGIES.items():
-        text = complete(model, tokenizer, PROMPT, sampling)
+    llm = load(run_dir)
+    for name, settings in STRATEGIES.items():
+        text = llm.generate(PROMPT, **settings)
         # model text is never markup: a "[/]" it writes must print as written
         console.print(Panel(Text.assemble((PROMPT, "dim"), text), title=Text(name),
                             title_align="left"))
