@@ -144,8 +144,40 @@ def smollm2_llm():
 @pytest.fixture(scope="session")
 def smollm2_server(smollm2_llm):
     """The bundled SmolLM2 behind the OpenAI API, as `centelha serve` runs it."""
-    from centelha.serve.app import serve_model
+    from centelha.serve.served import serve_model
 
     server = RunningServer([serve_model(smollm2_llm, "smollm2-135m-instruct", max_batch=8)])
+    yield server
+    server.close()
+
+
+# -- a tiny random chat model behind the server (protocol tests: milliseconds a request) -----
+@pytest.fixture(scope="session")
+def tiny_chat_llm():
+    """A random two-layer Llama (256 positions) with a byte-level BPE tokenizer and a ChatML
+    template: the server's real tokenizing and templating, at about a millisecond a token.
+    Its replies are noise; tests compare them with the library's own on the same model."""
+    from centelha.api import LLM
+    from centelha.model import Transformer
+    from centelha.tokenizer import Tokenizer, train_bpe
+
+    chatml = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+              "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+              "{% endif %}")
+    text = (bundled_corpus() / "domCasmurro.txt").read_text(encoding="utf-8")[:20_000]
+    base = train_bpe([text], vocab_size=400,
+                     special_tokens=("<|endoftext|>", "<|im_start|>", "<|im_end|>"))
+    tokenizer = Tokenizer(base.hf, {"chat_template": chatml, "eos_token": "<|im_end|>"})
+    torch.manual_seed(0)
+    model = Transformer(tiny_config("llama", vocab_size=tokenizer.vocab_size, block_size=256))
+    return LLM(model.eval(), tokenizer, name="tiny", max_context=256)
+
+
+@pytest.fixture(scope="session")
+def tiny_server(tiny_chat_llm):
+    """`tiny_chat_llm` behind the OpenAI API as "tiny": 8 rows, no API key."""
+    from centelha.serve.served import serve_model
+
+    server = RunningServer([serve_model(tiny_chat_llm, "tiny", max_batch=8)])
     yield server
     server.close()

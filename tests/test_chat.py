@@ -7,7 +7,7 @@ from centelha.api import LLM
 from centelha.chat import ChatSession
 from centelha.errors import CentelhaError
 from centelha.model import Transformer
-from centelha.template import render_chat
+from centelha.template import check_messages, render_chat
 from centelha.tokenizer import Tokenizer, train_bpe
 from tests.conftest import tiny_config
 
@@ -41,6 +41,25 @@ def test_raise_exception_in_a_template_is_a_clear_error():
     template = "{{ raise_exception('roles must alternate') }}"
     with pytest.raises(CentelhaError, match="roles must alternate"):
         render_chat(template, [{"role": "user", "content": "x"}])
+
+
+def test_a_developer_message_is_a_system_message():
+    """OpenAI's newer name for system instructions; ChatML has no such role."""
+    developer = [{"role": "developer", "content": "Seja breve."}, {"role": "user", "content": "Oi"}]
+    system = [{"role": "system", "content": "Seja breve."}, developer[1]]
+    check_messages(developer)
+    for template in (CHATML, None):
+        assert render_chat(template, developer) == render_chat(template, system)
+    assert "<|im_start|>system\nSeja breve." in render_chat(CHATML, developer)
+    assert developer[0]["role"] == "developer"  # the caller's messages are left alone
+
+
+def test_a_template_that_names_the_developer_role_renders_it():
+    template = ("{% for m in messages %}{% if m['role'] == \"developer\" %}[dev]"
+                "{% else %}[{{ m['role'] }}]{% endif %}{{ m['content'] }}{% endfor %}")
+    text = render_chat(template, [{"role": "developer", "content": "a"},
+                                  {"role": "system", "content": "b"}])
+    assert text == "[dev]a[system]b"
 
 
 @pytest.mark.parametrize("messages", [[], [{"role": "robot", "content": "x"}],

@@ -36,7 +36,8 @@ def test_prepare_writes_shards_that_read_back_as_the_tokens(tmp_path):
     assert val["documents"] == 4
     tokens = np.fromfile(tmp_path / "out" / train["shards"][0], dtype=np.uint16)
     assert len(tokens) == train["tokens"]
-    assert (tokens == Tokenizer.load(prepared.path / "tokenizer.json").eot_id).sum() == train["documents"]
+    eot = Tokenizer.load(prepared.path / "tokenizer.json").eot_id
+    assert (tokens == eot).sum() == train["documents"]
     assert meta["unigram_val_loss"] > 0
 
 

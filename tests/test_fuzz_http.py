@@ -12,21 +12,16 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from centelha.api import LLM
-from centelha.model import Transformer
-from centelha.serve.app import create_app, serve_model
-from centelha.tokenizer import Tokenizer, train_bpe
-from tests.conftest import tiny_config
+from centelha.serve.app import create_app
+from centelha.serve.served import serve_model
 
 pytestmark = pytest.mark.slow  # `make test-fast` leaves these out
 
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 EXAMPLES = 500
 BATTERY = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                    suppress_health_check=[HealthCheck.too_slow,
@@ -35,15 +30,9 @@ KEY = "chave"
 
 
 @pytest.fixture(scope="module")
-def client():
-    base = train_bpe(["<|im_start|>user\nOlá, tudo bem? Era uma vez.<|im_end|>\n" * 20],
-                     vocab_size=300,
-                     special_tokens=("<|endoftext|>", "<|im_start|>", "<|im_end|>"))
-    tokenizer = Tokenizer(base.hf, {"chat_template": CHATML, "eos_token": "<|im_end|>"})
-    torch.manual_seed(0)
-    model = Transformer(tiny_config("llama", vocab_size=tokenizer.vocab_size, block_size=64))
-    served = serve_model(LLM(model.eval(), tokenizer, max_context=64), "tiny", max_batch=4,
-                         max_queue=64)
+def client(tiny_chat_llm):
+    llm = LLM(tiny_chat_llm.model, tiny_chat_llm.tokenizer, max_context=64)
+    served = serve_model(llm, "tiny", max_batch=4, max_queue=64)
     app = create_app([served], api_key=KEY)
     with TestClient(app, base_url="http://localhost", raise_server_exceptions=False) as c:
         yield c

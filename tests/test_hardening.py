@@ -22,7 +22,7 @@ from centelha.engine import Engine, Request
 from centelha.errors import CentelhaError
 from centelha.model import Transformer
 from centelha.sampling import SamplingConfig
-from centelha.serve.app import serve_model
+from centelha.serve.served import serve_model
 from centelha.tokenizer import Tokenizer, train_bpe
 from tests.conftest import tiny_config
 
@@ -318,7 +318,7 @@ def test_a_huge_stop_string_is_a_400(server):
 
 # -- 9. Python 3.10: asyncio.wait_for raises asyncio.TimeoutError, not the builtin -------------
 def test_a_slow_token_is_waited_for_under_python_3_10_semantics(monkeypatch):
-    from centelha.serve import app as app_module
+    from centelha.serve import runner as app_module
 
     class OldTimeoutError(Exception):  # asyncio.TimeoutError before 3.11
         pass

@@ -1,5 +1,6 @@
-"""Bad input against a running `centelha serve`: every case gets its 4xx status and OpenAI's
-error object, and the server stays healthy and keeps answering afterwards."""
+"""Bad input against a running `centelha serve` (the tiny random chat model): every case gets
+its 4xx status and OpenAI's error object, and the server stays healthy and keeps answering
+afterwards."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 import httpx
 import pytest
 
-MODEL = "smollm2-135m-instruct"
+MODEL = "tiny"
 CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
 USER = [{"role": "user", "content": "Olá!"}]
 
@@ -90,8 +91,8 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def http(smollm2_server):
-    with httpx.Client(base_url=smollm2_server.url, timeout=60) as client:
+def http(tiny_server):
+    with httpx.Client(base_url=tiny_server.url, timeout=60) as client:
         yield client
 
 
@@ -110,7 +111,7 @@ def test_bad_input_gets_its_status_and_an_openai_error(http, name, method, path,
     assert set(error) == {"message", "type", "param", "code"}
 
 
-def test_a_body_that_lies_about_its_length_is_refused(smollm2_server):
+def test_a_body_that_lies_about_its_length_is_refused(tiny_server):
     # Content-Length says small, chunks keep coming: counted as they arrive
     def chunks():
         yield b'{"model": "' + MODEL.encode() + b'", "messages": [{"role": "user", "content": "'
@@ -118,7 +119,7 @@ def test_a_body_that_lies_about_its_length_is_refused(smollm2_server):
             yield b"x" * 65536
         yield b'"}]}'
 
-    response = httpx.post(smollm2_server.url + CHAT, content=chunks(), timeout=60,
+    response = httpx.post(tiny_server.url + CHAT, content=chunks(), timeout=60,
                           headers={"Content-Type": "application/json"})
     assert response.status_code == 413
 

@@ -94,3 +94,20 @@ def test_sentencepiece_style_tokenizer_json_is_detected():
     assert tok.kind == "spm" and tok.strip_leading_space
     assert tok.decode([1, 2, 3]) == "Era uma vez"
     assert tok.decode(tok.encode("Era ção")) == "Era ção"
+
+
+def test_bos_comes_from_the_post_processor_where_the_config_is_silent(tmp_path):
+    """Llama 3's tokenizer_config.json has no add_bos_token: its tokenizer.json's
+    post-processor puts <|begin_of_text|> first, and transformers follows it."""
+    from tokenizers import processors
+
+    bos = "<|begin_of_text|>"
+    hf = train_bpe(TRAINING, vocab_size=300, special_tokens=(EOT, bos)).hf
+    hf.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", special_tokens=[(bos, hf.token_to_id(bos))])
+    tok = Tokenizer(hf, {"bos_token": bos})
+    assert tok.add_bos and tok.encode("Era")[0] != tok.bos_id  # encode itself adds nothing
+    assert not Tokenizer(hf, {"bos_token": bos, "add_bos_token": False}).add_bos  # config wins
+    assert not Tokenizer(hf, {"bos_token": EOT}).add_bos  # another BOS than the one put first
+    tok.save(tmp_path)
+    assert Tokenizer.load(tmp_path).add_bos

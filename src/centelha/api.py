@@ -1,8 +1,10 @@
 """`centelha.load`: one call from a name, folder or GGUF file to a model you can talk to.
 
 `load` accepts a registry name (`smollm2-135m-instruct`), a centelha checkpoint folder,
-a Hugging Face folder or a `.gguf` file, and returns an `LLM` with `generate`, `stream`
-and `chat`. The CLI's `generate` and `chat` go through it too.
+a Hugging Face folder or a `.gguf` file, and returns an `LLM`: the one way to generate
+from Python. `stream`, `generate` and `chat` give text; `complete` gives `n` choices with
+their token ids, finish reasons and the model's log-probabilities (what the server's `n`
+and `logprobs` return, computed by the same `choices` module). The CLI goes through it too.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+from centelha.choices import Completion, complete
 from centelha.engine import Engine, Request
 from centelha.errors import CentelhaError
 from centelha.generate import prompt_ids, stream_text, with_bos
@@ -51,13 +54,18 @@ class LLM:
     def stream(self, prompt: str | list[dict], **settings) -> Iterator[str]:
         """Text pieces as they are generated; a list of messages is a chat."""
         cfg = sampling_from(settings)
-        if isinstance(prompt, list):
-            ids = self.chat_ids(prompt)
-        else:
-            ids = prompt_ids(self.tokenizer, prompt)
-        request = Request(ids, cfg, frozenset(self.tokenizer.stop_ids))
+        request = Request(self.prompt_ids(prompt), cfg, frozenset(self.tokenizer.stop_ids))
         tokens = (t.token for t in self.engine.stream(request))
         return stream_text(self.tokenizer, tokens, cfg.stop)
+
+    def complete(self, prompt: str | list[dict], n: int = 1, logprobs: int | None = None,
+                 **settings) -> list[Completion]:
+        """`n` answers to `prompt` (a list of messages is a chat), choice i sampled with
+        seed + i; with `logprobs=k`, each token's log-probability under the model (before
+        temperature and penalties) and its k most likely alternatives."""
+        cfg = sampling_from(settings)
+        return complete(self.engine, self.tokenizer, self.prompt_ids(prompt), cfg, n=n,
+                        logprobs=logprobs)
 
     def generate(self, prompt: str, **settings) -> str:
         """The continuation of `prompt` (temperature=0 for greedy)."""
@@ -71,6 +79,13 @@ class LLM:
         """The prompt text the chat template makes of `messages`."""
         tok = self.tokenizer
         return render_chat(tok.chat_template, messages, tok.bos_token, tok.eos_token)
+
+    def prompt_ids(self, prompt: str | list[dict]) -> list[int]:
+        """The ids the model is given: a text as it is (BOS first where the model wants
+        it), a list of messages through the chat template."""
+        if isinstance(prompt, list):
+            return self.chat_ids(prompt)
+        return prompt_ids(self.tokenizer, prompt)
 
     def chat_ids(self, messages: list[dict]) -> list[int]:
         """The prompt ids of `messages`; their contents never become special tokens."""

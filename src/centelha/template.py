@@ -6,6 +6,17 @@ in Jinja2's immutable sandbox: no attribute access to Python internals, no file 
 network access. A model without a template (a base model trained here) gets a plain
 "User:/Assistant:" layout, so `chat` still works on it.
 
+The environment matches the one Hugging Face `transformers` renders templates in, so a
+prompt here is the prompt the model was trained on (tests/test_tokenizer_parity.py checks
+it): `tojson` keeps text as typed and keys in their order (Jinja's own escapes `<`, `>`,
+`&`, `'` for HTML and sorts keys), and `{% generation %}` blocks (they mark the assistant's
+text for training masks) render their body.
+
+Roles are system, user, assistant, tool and `developer`, OpenAI's newer name for system
+instructions. Few templates know the word, and those that do not print it as a role the
+model never saw (ChatML) or drop the message (Qwen2.5), so a developer message is
+rendered as a system message, unless the template names the role itself (gpt-oss does).
+
 `encode_chat` turns a conversation into token ids. Special tokens (`<|im_start|>`, …) come
 only from the template's own text: a message whose content spells one ("hi<|im_end|>
 <|im_start|>system …") gets ordinary tokens for that text, so no user can forge a role or
@@ -17,11 +28,13 @@ prompt is the template's only if the second rendering has it at the same place.
 from __future__ import annotations
 
 import difflib
+import json
 import re
 from collections.abc import Callable
 from datetime import datetime
 
-from jinja2 import TemplateError
+from jinja2 import TemplateError, nodes
+from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from centelha.errors import CentelhaError
@@ -33,16 +46,37 @@ PLAIN_TEMPLATE = (
     "{% else %}Assistant: {{ m['content'] }}\n{% endif %}"
     "{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
 )
-ROLES = ("system", "user", "assistant", "tool")
+ROLES = ("system", "developer", "user", "assistant", "tool")
+# a template that compares a role with "developer" renders that role itself
+NAMES_DEVELOPER = re.compile(r"""["']developer["']""")
 
 
 def _raise(message: str):
     raise CentelhaError(f"the chat template refused the conversation: {message}")
 
 
+def _tojson(value, ensure_ascii: bool = False, indent=None, separators=None,
+            sort_keys: bool = False) -> str:
+    """JSON as model templates expect it: text as typed, keys in their order (see above)."""
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                      sort_keys=sort_keys)
+
+
+class _GenerationBlock(Extension):
+    """`{% generation %}...{% endgeneration %}`: its body, in a scope of its own."""
+
+    tags = {"generation"}
+
+    def parse(self, parser) -> nodes.Node:
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return nodes.Scope(body, lineno=lineno)
+
+
 def _environment() -> ImmutableSandboxedEnvironment:
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                       extensions=["jinja2.ext.loopcontrols"])
+                                       extensions=["jinja2.ext.loopcontrols", _GenerationBlock])
+    env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     return env
@@ -65,8 +99,12 @@ def render_chat(template: str | None, messages: list[dict], bos_token: str = "",
                 eos_token: str = "", add_generation_prompt: bool = True) -> str:
     """The prompt text for `messages`, ready for the model to write the next turn."""
     check_messages(messages)
+    template = template or PLAIN_TEMPLATE
+    if not NAMES_DEVELOPER.search(template):
+        messages = [{**m, "role": "system"} if m["role"] == "developer" else m
+                    for m in messages]
     try:
-        compiled = ENV.from_string(template or PLAIN_TEMPLATE)
+        compiled = ENV.from_string(template)
         return compiled.render(messages=messages, bos_token=bos_token, eos_token=eos_token,
                                add_generation_prompt=add_generation_prompt, tools=None)
     except CentelhaError:

@@ -10,9 +10,11 @@ Two kinds, both saved as one `tokenizer.json` that HF `tokenizers` reads:
 
 Beside `tokenizer.json`, an optional `tokenizer_config.json` (Hugging Face's name and
 keys) holds what the vocabulary alone does not say: the chat template, the BOS/EOS
-tokens and whether prompts start with BOS; and an optional `generation_config.json`
-(Hugging Face's too) lists every token that ends a generation (`eos_token_id`), when
-there are more than EOS and `<|endoftext|>` (Llama 3's `<|eot_id|>`, GGUF's eot/eom).
+tokens and whether prompts start with BOS (where it does not say, the post-processor of
+`tokenizer.json` does, as in Llama 3's, and as `transformers` reads it); and an optional
+`generation_config.json` (Hugging Face's too) lists every token that ends a generation
+(`eos_token_id`), when there are more than EOS and `<|endoftext|>` (Llama 3's `<|eot_id|>`,
+GGUF's eot/eom).
 
 Design choices a reader should know:
 - Decoding goes through a table of each token's bytes, not through the library's
@@ -74,7 +76,8 @@ class Tokenizer:
 
     def __init__(self, hf: HFTokenizer, config: dict | None = None):
         self.hf = hf
-        self.kind, self.strip_leading_space = _detect_kind(hf)
+        spec = json.loads(hf.to_str())
+        self.kind, self.strip_leading_space = _detect_kind(spec)
         self.vocab_size = hf.get_vocab_size(with_added_tokens=True)
         self.special_ids = {t.content: i for i, t in hf.get_added_tokens_decoder().items()
                             if t.special}
@@ -85,7 +88,10 @@ class Tokenizer:
         self.chat_template: str | None = self.config.get("chat_template")
         self.bos_id = self._id_of(self.config.get("bos_token"))
         self.eos_id = self._id_of(self.config.get("eos_token"))
-        self.add_bos = bool(self.config.get("add_bos_token")) and self.bos_id is not None
+        add_bos = self.config.get("add_bos_token")
+        if add_bos is None:  # then tokenizer.json says, as transformers reads it
+            add_bos = _bos_of_post_processor(spec) == self.bos_token
+        self.add_bos = bool(add_bos) and self.bos_id is not None
         # generation ends at any of these
         self.stop_ids = {i for i in (self.eot_id, self.eos_id) if i is not None}
 
@@ -241,9 +247,9 @@ class StreamDecoder:
         return self.decoder.decode(b"", final=True)
 
 
-def _detect_kind(hf: HFTokenizer) -> tuple[str, bool]:
-    """("bpe" | "spm" | "char", whether decoding strips one leading space)."""
-    spec = json.loads(hf.to_str())
+def _detect_kind(spec: dict) -> tuple[str, bool]:
+    """("bpe" | "spm" | "char", whether decoding strips one leading space) of a
+    tokenizer.json."""
     decoder = spec.get("decoder") or {}
     parts = [decoder, *decoder.get("decoders", [])]
     kinds = {d.get("type") for d in parts}
@@ -258,6 +264,16 @@ def _detect_kind(hf: HFTokenizer) -> tuple[str, bool]:
         return "char", False
     raise CentelhaError("unsupported tokenizer.json: expected a byte-level BPE or a byte-fallback "
                         "tokenizer (made by centelha, GPT-2, Llama-3, Qwen or SmolLM)")
+
+
+def _bos_of_post_processor(spec: dict) -> str | None:
+    """The special token a tokenizer.json's post-processor puts before every text, if any."""
+    post = spec.get("post_processor") or {}
+    for step in [post, *post.get("processors", [])]:
+        if step.get("type") == "TemplateProcessing":
+            first = (step.get("single") or [{}])[0]
+            return (first.get("SpecialToken") or {}).get("id")
+    return None
 
 
 # -- training ---------------------------------------------------------------------------

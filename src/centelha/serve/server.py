@@ -15,14 +15,10 @@ from pathlib import Path
 from centelha.api import DEFAULT_CONTEXT, load
 from centelha.errors import CentelhaError
 from centelha.registry import entries
-from centelha.serve.app import (
-    DEFAULT_MAX_BODY,
-    Served,
-    create_app,
-    is_loopback,
-    serve_model,
-)
+from centelha.serve.app import DEFAULT_MAX_BODY, create_app
+from centelha.serve.guard import is_loopback
 from centelha.serve.scheduler import drive
+from centelha.serve.served import Served, serve_model
 
 
 def model_name(source: str) -> str:
