@@ -42,7 +42,7 @@ from centelha import registry
 from centelha.checkpoint import save_model_files
 from centelha.config import ModelConfig
 from centelha.errors import CentelhaError
-from centelha.formats import gguf as gguf_format
+from centelha.formats.gguf import container as gguf_format
 from centelha.formats.gguf import save_gguf
 from centelha.formats.hf import save_hf
 from centelha.loading import load_model
@@ -103,7 +103,7 @@ def gguf_numbers(path: Path) -> tuple[tuple[tuple[int, str], ...], ...]:
             return super().scalar(fmt, what)
 
     with mock.patch.object(gguf_format, "_Cursor", Recording):
-        gguf_format._read_gguf(path).close()
+        gguf_format.read_gguf(path).close()
     return tuple(tuple(group) for group in found.values())
 
 

@@ -12,7 +12,7 @@ from centelha import load
 from centelha.checkpoint import save_model_files
 from centelha.engine import generate_ids
 from centelha.errors import CentelhaError
-from centelha.formats.hf import save_hf
+from centelha.formats.hf import hf_to_config, save_hf
 from centelha.model import Transformer
 from centelha.sampling import SamplingConfig
 from centelha.tokenizer import train_bpe
@@ -38,20 +38,27 @@ FAMILIES = {
 }
 
 
+def randomize_biases_and_norms(model: torch.nn.Module) -> torch.nn.Module:
+    """Biases are zeros and norms ones at init: random ones make a mix-up of q/k/v biases
+    (or of q/k norms) show in the logits."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
 def small_tokenizer():
     return train_bpe(["Era uma vez um rato que roía a roupa do rei de Roma. " * 30],
                      vocab_size=300)
 
 
-def make_hf_folder(tmp_path, family, **save_kwargs):
+def make_hf_folder(tmp_path, family, config=None, **save_kwargs):
+    """A random transformers model of `family` (or of `config`) saved in a folder."""
     torch.manual_seed(0)
-    config = FAMILIES[family]()
-    model = transformers.AutoModelForCausalLM.from_config(config).eval()
-    # random biases (zeros by default) so that a mix-up of q/k/v biases shows
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or "norm" in name:
-                p.add_(torch.randn_like(p) * 0.1)
+    config = config or FAMILIES[family]()
+    model = randomize_biases_and_norms(
+        transformers.AutoModelForCausalLM.from_config(config).eval())
     folder = tmp_path / family.split()[0]
     model.save_pretrained(folder, **save_kwargs)
     if family == "gpt2":
@@ -114,17 +121,25 @@ def test_chat_template_and_eos_come_from_tokenizer_config(tmp_path):
     assert llm.tokenizer.eos_id == llm.tokenizer.eot_id
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
-def test_export_loads_in_transformers_with_the_same_logits(tmp_path, family):
+# centelha configs and the Hugging Face architecture each exports as
+EXPORTS = {
+    "gpt2": (dict(family="gpt2"), "gpt2"),
+    "llama": (dict(family="llama"), "llama"),
+    "qwen2 (qkv biases only, tied)": (dict(family="llama", qkv_bias=True, tie_embeddings=True),
+                                      "qwen2"),
+    "qwen3 (q/k norms, wide heads)": (dict(family="llama", qk_norm=True, head_dim=12), "qwen3"),
+}
+
+
+@pytest.mark.parametrize("variant", list(EXPORTS))
+def test_export_loads_in_transformers_with_the_same_logits(tmp_path, variant):
+    overrides, model_type = EXPORTS[variant]
     tokenizer = small_tokenizer()
-    cfg = tiny_config(family, vocab_size=tokenizer.vocab_size, block_size=64)
+    cfg = tiny_config(vocab_size=tokenizer.vocab_size, block_size=64, **overrides)
     torch.manual_seed(0)
-    model = Transformer(cfg).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or "norm" in name:
-                p.add_(torch.randn_like(p) * 0.1)
+    model = randomize_biases_and_norms(Transformer(cfg).eval())
     out = save_hf(model, tokenizer, tmp_path / "export")
+    assert json.loads((out / "config.json").read_text())["model_type"] == model_type
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
     ids = torch.randint(0, tokenizer.vocab_size, (2, 30))
     with torch.no_grad():
@@ -134,6 +149,47 @@ def test_export_loads_in_transformers_with_the_same_logits(tmp_path, family):
         assert torch.equal(load(out).model(ids), ours)
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(out)
     assert hf_tokenizer.encode("Era uma vez") == tokenizer.encode("Era uma vez")
+
+
+# -- sliding-window attention ---------------------------------------------------------------
+def test_a_sliding_window_caps_the_context_and_stays_exact(tmp_path):
+    hf_model, folder = make_hf_folder(
+        tmp_path, "mistral", transformers.MistralConfig(**LLAMA_SHAPE, sliding_window=16))
+    llm = load(folder)
+    cfg = llm.model.cfg
+    assert cfg.block_size == 16
+    assert cfg.extra == {"hf_model_type": "mistral", "sliding_window": 16,
+                         "context_capped_from": 128}
+    ids = torch.randint(0, 300, (2, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():  # a window's worth of tokens: full attention is the window
+        assert (llm.model(ids) - hf_model(ids).logits).abs().max().item() < 1e-4
+        with pytest.raises(CentelhaError):  # beyond it, refused like any overlong input
+            llm.model(torch.zeros(1, 17, dtype=torch.long))
+
+
+QWEN2 = dict(model_type="qwen2", vocab_size=300, hidden_size=64, intermediate_size=128,
+             num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128)
+
+
+@pytest.mark.parametrize("keys, block_size, window", [
+    (dict(sliding_window=32), 32, 32),  # Mistral-style: no switch, the window applies
+    (dict(sliding_window=4096), 128, 4096),  # wider than the context: nothing to cap
+    (dict(sliding_window=32, use_sliding_window=False), 128, None),  # Qwen2's unused window
+    (dict(sliding_window=32, use_sliding_window=True,
+          layer_types=["full_attention", "full_attention"]), 128, None),
+    (dict(sliding_window=32, use_sliding_window=True,
+          layer_types=["full_attention", "sliding_attention"]), 32, 32),
+    (dict(sliding_window=None), 128, None),
+])
+def test_sliding_window_keys(keys, block_size, window):
+    cfg = hf_to_config({**QWEN2, **keys})
+    assert cfg.block_size == block_size
+    assert cfg.extra.get("sliding_window") == window
+
+
+def test_a_bad_sliding_window_is_refused():
+    with pytest.raises(CentelhaError, match="sliding_window must be a positive integer"):
+        hf_to_config({**QWEN2, "sliding_window": "wide"})
 
 
 def test_centelha_checkpoint_loads_through_the_same_api(tmp_path):

@@ -167,16 +167,16 @@ def refuse_tensor_reads(monkeypatch) -> None:
     import safetensors.torch
 
     from centelha import checkpoint
-    from centelha.formats import gguf
+    from centelha.formats.gguf import container
 
     def no_data(*args, **kwargs):
         raise AssertionError("tensor data was read")
 
     for module, name in [(safetensors.torch, "load_file"), (safetensors.torch, "load"),
                          (safetensors, "safe_open"), (safetensors.torch, "safe_open"),
-                         (checkpoint, "load_file"), (gguf, "dequantize"),  # hf reads through
-                         # checkpoint.read_weights
-                         (gguf._GGUFFile, "tensor"), (gguf._GGUFFile, "raw_rows")]:
+                         (checkpoint, "load_file"),  # hf reads through checkpoint.read_weights
+                         (container, "dequantize"), (container.GGUFFile, "tensor"),
+                         (container.GGUFFile, "raw_rows")]:
         monkeypatch.setattr(module, name, no_data)
 
 
