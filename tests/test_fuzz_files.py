@@ -4,7 +4,7 @@ Small valid files are built once per module: GGUF files by centelha's export (ll
 gpt2 q8_0), centelha checkpoints (fp32, int8) and Hugging Face folders (`save_hf`, llama
 and gpt2), whose `config.json`, `model.safetensors` and `tokenizer.json` are the other
 targets. Each example mutates one file and loads it through the real entry points
-(`api.load_model`, `registry.model_card`, `Tokenizer.load`). The property: it loads, or
+(`loading.load_model`, `registry.model_card`, `Tokenizer.load`). The property: it loads, or
 it raises a `CentelhaError` whose message is one line. Any other exception (a
 traceback) fails the example, and hypothesis shrinks it to a minimal mutation.
 

@@ -34,8 +34,10 @@ from centelha.quant import (
     DECODE_MAX_ROWS,
     QuantLinear,
     apply_quantized_state,
+    dequantize_model,
     dequantize_q4,
     dequantize_q8,
+    is_quantized,
     q4_matmul,
     q8_matmul,
     quantize_model,
@@ -335,6 +337,16 @@ def test_tied_head_gets_its_own_copy():
     assert isinstance(model.lm_head, QuantLinear) and isinstance(model.tok_emb, nn.Embedding)
     assert torch.equal(model.tok_emb.weight, embedding)  # the embedding stays float
     assert rel_error(model(idx), ref) < 0.02
+
+
+@torch.no_grad()
+def test_is_quantized_follows_quantize_and_dequantize():
+    model = tiny_llama()
+    assert not is_quantized(model)
+    quantize_model(model, "int4")
+    assert is_quantized(model)
+    layers = sum(isinstance(m, QuantLinear) for m in model.modules())
+    assert dequantize_model(model) == layers and not is_quantized(model)
 
 
 @pytest.mark.parametrize("method", ["int8", "int4"])

@@ -16,7 +16,7 @@ from centelha.choices import Completion, complete
 from centelha.engine import Engine, Request
 from centelha.errors import CentelhaError
 from centelha.generate import prompt_ids, stream_text, with_bos
-from centelha.loading import QUANTIZED, load_model  # noqa: F401 - QUANTIZED: the quantize command still imports it from here
+from centelha.loading import load_model
 from centelha.model import Transformer
 from centelha.sampling import SamplingConfig
 from centelha.template import encode_chat, render_chat

@@ -67,12 +67,12 @@ def save_model_files(path: str | Path, model: Transformer, tokenizer: Tokenizer)
     """Write a checkpoint directory (each file atomically). A model with quantized layers
     is saved as such: its blocks in model.safetensors, their layout in config.json
     (`extra.quantization`)."""
-    from centelha.quant import QuantLinear, quantized_state
+    from centelha.quant import is_quantized, quantized_state
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     config = model.cfg.to_dict()
-    if any(isinstance(m, QuantLinear) for m in model.modules()):
+    if is_quantized(model):
         tensors, description = quantized_state(model)
         config["extra"] = {**config["extra"], "quantization": description}
     else:

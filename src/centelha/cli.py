@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from centelha.errors import CentelhaError
+from centelha.fielddocs import help_for
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Build, train and run GPT-style language models on your own hardware.")
@@ -72,12 +73,14 @@ def train(
     data: Path = typer.Option(None, help="Prepared data folder (from `centelha prepare`)"),
     out: Path = typer.Option(None, help="Run folder for checkpoints, log and plot"),
     resume: Path = typer.Option(None, help="Continue the run in this folder"),
-    max_steps: int = typer.Option(None, help="Override train.max_steps"),
-    batch_size: int = typer.Option(None, help="Override train.batch_size"),
-    lr: float = typer.Option(None, help="Override train.lr"),
-    device: str = typer.Option(None, help="Override train.device (auto, cpu, cuda, cuda:N, mps)"),
-    compile: bool = typer.Option(None, "--compile/--no-compile", help="torch.compile the model"),
-    set_: list[str] = typer.Option([], "--set", help="Override any key: train.lr=3e-4"),
+    max_steps: int = typer.Option(None, help=help_for("train", "max_steps")),
+    batch_size: int = typer.Option(None, help=help_for("train", "batch_size")),
+    lr: float = typer.Option(None, help=help_for("train", "lr")),
+    device: str = typer.Option(None, help=help_for("train", "device")),
+    compile: bool = typer.Option(None, "--compile/--no-compile",
+                                 help=help_for("train", "compile")),
+    set_: list[str] = typer.Option([], "--set", help="Override any key: train.lr=3e-4 "
+                                   "(`centelha config train` lists them)"),
     stop_after: int = typer.Option(None, help="Stop (checkpointed) after this many steps"),
     strategy: str = typer.Option("ddp", help="Under torchrun: ddp (replicas) or fsdp (sharded)"),
 ) -> None:
@@ -108,21 +111,19 @@ def train(
                   f"(perplexity {ppl}); checkpoint in {result.run_dir}")
 
 
-SAMPLING_HELP = "0 = greedy"
-
-
 @app.command()
 def generate(
     model: str = typer.Argument(..., help="Checkpoint or HF folder, .gguf file, or model name"),
     prompt: str = typer.Option(..., help="Text to continue"),
-    max_new_tokens: int = typer.Option(200, help="At most this many new tokens"),
-    temperature: float = typer.Option(0.8, help=SAMPLING_HELP),
-    top_k: int = typer.Option(None, help="Keep the k most likely tokens"),
-    top_p: float = typer.Option(None, help="Keep the smallest set with this much probability"),
-    min_p: float = typer.Option(None, help="Keep tokens at least this share of the top one"),
-    repetition_penalty: float = typer.Option(1.0, help="> 1 discourages repeats"),
-    stop: list[str] = typer.Option([], help="Stop at this text (repeatable)"),
-    seed: int = typer.Option(None, help="Seed for reproducible sampling"),
+    max_new_tokens: int = typer.Option(200, help=help_for("sampling", "max_new_tokens")),
+    temperature: float = typer.Option(0.8, help=help_for("sampling", "temperature")),
+    top_k: int = typer.Option(None, help=help_for("sampling", "top_k")),
+    top_p: float = typer.Option(None, help=help_for("sampling", "top_p")),
+    min_p: float = typer.Option(None, help=help_for("sampling", "min_p")),
+    repetition_penalty: float = typer.Option(1.0, help=help_for("sampling",
+                                                                "repetition_penalty")),
+    stop: list[str] = typer.Option([], help=help_for("sampling", "stop") + " (repeatable)"),
+    seed: int = typer.Option(None, help=help_for("sampling", "seed")),
     dtype: str = typer.Option("fp32", help="Weights: fp32, bf16, int8, int4 or native"),
 ) -> None:
     """Continue a prompt, streaming the text as it is generated."""
@@ -145,9 +146,9 @@ def generate(
 def chat(
     model: str = typer.Argument("smollm2-135m-instruct", help="Model name, folder or .gguf"),
     system: str = typer.Option(None, help="System prompt"),
-    temperature: float = typer.Option(0.7, help=SAMPLING_HELP),
+    temperature: float = typer.Option(0.7, help=help_for("sampling", "temperature")),
     max_new_tokens: int = typer.Option(512, help="At most this many tokens per answer"),
-    seed: int = typer.Option(None, help="Seed for reproducible sampling"),
+    seed: int = typer.Option(None, help=help_for("sampling", "seed")),
     dtype: str = typer.Option("fp32", help="Weights: fp32, bf16, int8, int4 or native"),
 ) -> None:
     """Talk to a model in the terminal (/help lists the commands)."""
@@ -261,13 +262,9 @@ def quantize(
     group_size: int = typer.Option(32, help="int4 group size: 32, 64 or 128"),
 ) -> None:
     """Write a checkpoint with int8 or int4 weights (safetensors), loadable by every command."""
-    from centelha.api import QUANTIZED, load_model
-    from centelha.checkpoint import save_model_files
+    from centelha.quant.checkpoint import quantize_checkpoint
 
-    if to not in QUANTIZED:
-        raise CentelhaError(f"--to must be int8 or int4, not {to!r}")
-    net, tokenizer, _ = load_model(model, dtype=to, group_size=group_size)
-    save_model_files(out, net, tokenizer)
+    out = quantize_checkpoint(model, out, method=to, group_size=group_size)
     size = (out / "model.safetensors").stat().st_size
     console.print(f"wrote {out} ({to}, {_human_size(size)})")
 
@@ -286,9 +283,9 @@ def eval_perplexity(
     max_tokens: int = typer.Option(None, help="Score only the first N tokens"),
 ) -> None:
     """Perplexity of a model on a text (sliding window)."""
-    from centelha.api import load_model
     from centelha.data import normalize, read_text
     from centelha.evaluate import perplexity
+    from centelha.loading import load_model
 
     if not text.is_file():
         raise CentelhaError(f"text file not found: {text}")
@@ -359,10 +356,25 @@ def models_rm(name: str) -> None:
     console.print(f"removed {name}")
 
 
+@app.command("config")
+def config_fields(
+    section: str = typer.Argument(..., help="model or train (YAML sections), or sampling"),
+) -> None:
+    """The keys of a config section, their defaults and what they mean."""
+    from centelha.fielddocs import section_docs
+
+    table = Table(title=f"{section} settings")
+    for column in ("key", "type", "default", "meaning"):
+        table.add_column(column, overflow="fold")
+    for doc in section_docs(section):
+        table.add_row(doc.name, doc.kind, doc.default, doc.help)
+    console.print(table)
+
+
 @app.command()
 def info(model: str = typer.Argument(..., help="Model folder, .gguf file or name")) -> None:
     """Architecture, parameter count and FLOPs per token of a checkpoint."""
-    from centelha.api import load_model
+    from centelha.loading import load_model
     from centelha.model import count_parameters, flops_per_token
 
     net, tokenizer, _ = load_model(model)

@@ -19,6 +19,7 @@ import torch
 from centelha.checkpoint import load_checkpoint
 from centelha.errors import CentelhaError
 from centelha.model import Transformer
+from centelha.quant import QuantLinear, is_quantized, quantize_model
 from centelha.registry import resolve
 from centelha.tokenizer import Tokenizer
 
@@ -60,8 +61,6 @@ def load_model(source: str | Path, dtype: str = "fp32",
             info = {"format": "centelha"}
     info["path"] = str(path)
     if dtype in QUANTIZED and not is_quantized(model):
-        from centelha.quant import quantize_model
-
         quantize_model(model, dtype, group_size)
     elif dtype in DTYPES:
         cast_floats(model, DTYPES[dtype])
@@ -73,8 +72,6 @@ def load_model(source: str | Path, dtype: str = "fp32",
 
 def cast_floats(model: Transformer, dtype: torch.dtype) -> None:
     """Cast the float weights to `dtype`, leaving quantized layers' blocks and scales alone."""
-    from centelha.quant import QuantLinear
-
     for module in model.modules():
         if isinstance(module, QuantLinear):
             continue
@@ -84,17 +81,9 @@ def cast_floats(model: Transformer, dtype: torch.dtype) -> None:
                     tensor.data = tensor.data.to(dtype)
 
 
-def is_quantized(model: Transformer) -> bool:
-    from centelha.quant import QuantLinear
-
-    return any(isinstance(m, QuantLinear) for m in model.modules())
-
-
 def with_blocks(cfg, tensors: dict) -> Transformer:
     """A model whose matrices given as GGUF blocks become quantized layers; the rest float."""
     from centelha.formats.gguf import QuantizedRows
-    from centelha.quant import QuantLinear
-
     blocks = {k: v for k, v in tensors.items() if isinstance(v, QuantizedRows)}
     dense = {k: torch.empty(v.shape, device="meta") if k in blocks else v
              for k, v in tensors.items()}

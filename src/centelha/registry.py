@@ -110,7 +110,7 @@ def model_card(path: Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise CentelhaError(f"model path not found: {path}")
-    if path.is_file():  # the same dispatch as api.load_model
+    if path.is_file():  # the same dispatch as loading.load_model
         fmt, facts = "gguf", _gguf_facts
     elif is_hf_folder(path):
         fmt, facts = "hf", _hf_facts
@@ -127,7 +127,7 @@ def model_card(path: Path) -> dict:
 
 
 # Each of these returns (config, parameter count, quantization) for one format, with the
-# values `api.load_model` gives the loaded model (its info["quantization"], or fp32).
+# values `loading.load_model` gives the loaded model (its info["quantization"], or fp32).
 FP32 = "none (fp32)"
 
 

@@ -17,9 +17,6 @@ import torch
 from gguf import GGMLQuantizationType
 from gguf.quants import dequantize
 
-# Block types that centelha's quantized layers take as they are (see centelha.quant).
-NATIVE_TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q4_K")
-
 
 @dataclass
 class QuantizedRows:

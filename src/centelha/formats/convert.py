@@ -20,7 +20,7 @@ def convert(source: str | Path, to: str, out: str | Path, dtype: str = "f16") ->
     """Export `source` (a folder, .gguf file or registry name) to `out`: `to="hf"` (a
     folder transformers loads) or `"gguf"` (a file for llama.cpp and LM Studio, weights
     in `dtype`: f32, f16 or q8_0). Returns what was done: {"path", "dequantized"}."""
-    from centelha.api import load_model
+    from centelha.loading import load_model
     from centelha.quant import dequantize_model
 
     if to not in TARGETS:

@@ -27,7 +27,8 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf.quants import dequantize, quant_shape_to_byte_shape
 
 from centelha.errors import CentelhaError
-from centelha.formats.blocks import NATIVE_TYPES, QuantizedRows
+from centelha.formats.blocks import QuantizedRows
+from centelha.quant import GGUF_TYPES  # the block types our quantized layers take as they are
 
 Q = GGMLQuantizationType
 READABLE_TYPES = (Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1,
@@ -129,7 +130,7 @@ class GGUFFile:
     def raw_rows(self, name: str) -> QuantizedRows | None:
         """A matrix's blocks, copied out of the map, when centelha can use them as they are."""
         info = self.tensors[name]
-        if info.qtype.name not in NATIVE_TYPES or len(info.shape) != 2:
+        if info.qtype.name not in GGUF_TYPES or len(info.shape) != 2:
             return None
         raw = np.frombuffer(self.data, np.uint8, info.nbytes, info.offset)
         rows = torch.from_numpy(raw.reshape(info.shape[0], -1).copy())
