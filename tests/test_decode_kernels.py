@@ -4,18 +4,28 @@
 `rms_norm` and `swiglu` are checked directly on shapes that reach every code path (head
 sizes that are 4 or 8 vectors wide and ones that are not, several 128-position chunks,
 grouped-query heads, float16 caches), and through the model: decoding with the kernels gives
-the logits of decoding without them.
+the logits of decoding without them. Last, the loader: a build lock left by a killed build
+never makes a later load wait forever.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from centelha import kernels as kernel_loader
 from centelha.config import ModelConfig
+from centelha.errors import CentelhaError
 from centelha.model import Transformer, apply_rope, rope_inverse_frequencies, rope_tables
 
 
@@ -173,3 +183,76 @@ def test_float16_cache_stays_close(kernels):
     half = decode_logits(model, prompts, 4, cache_dtype=torch.float16)
     assert half.dtype == torch.float32
     torch.testing.assert_close(half, full, rtol=0, atol=2e-3)
+
+
+# -- the loader: torch's build lock ----------------------------------------------------------
+def age(folder: Path, seconds: float) -> None:
+    """Make every file in `folder` look last changed `seconds` ago."""
+    then = time.time() - seconds
+    for entry in folder.iterdir():
+        os.utime(entry, (then, then))
+
+
+def test_a_stale_build_lock_is_removed(tmp_path):
+    (tmp_path / "lock").touch()
+    (tmp_path / "lowbit.o").touch()  # a build killed halfway
+    age(tmp_path, 3600)
+    with pytest.warns(RuntimeWarning, match="lock left by a stopped build"):
+        kernel_loader.wait_for_other_build(tmp_path)
+    assert not (tmp_path / "lock").exists()
+    assert (tmp_path / "lowbit.o").exists()
+
+
+def test_a_build_making_progress_is_waited_for(tmp_path):
+    lock = tmp_path / "lock"
+    lock.touch()
+
+    def builder():  # writes a file every 0.1 s for longer than stale_after, then unlocks
+        for i in range(12):
+            (tmp_path / f"part{i}.o").touch()
+            time.sleep(0.1)
+        lock.unlink()
+
+    thread = threading.Thread(target=builder)
+    start = time.monotonic()
+    thread.start()
+    kernel_loader.wait_for_other_build(tmp_path, stale_after=0.5, poll=0.02)
+    waited = time.monotonic() - start
+    thread.join()
+    assert waited > 1.0  # the builder's lock was not taken for a stale one
+
+
+def test_an_unremovable_stale_lock_is_a_one_line_error(tmp_path, monkeypatch):
+    (tmp_path / "lock").touch()
+    age(tmp_path, 3600)
+
+    def refuse(self, missing_ok=False):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    with pytest.raises(CentelhaError, match="lock .* cannot be removed") as error:
+        kernel_loader.wait_for_other_build(tmp_path)
+    assert str(tmp_path / "lock") in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.slow  # a Python start-up
+def test_kernels_load_despite_a_stale_lock(kernels, tmp_path):
+    """The real loader in a fresh process (torch rebuilds an extension that one process has
+    loaded from another folder), over a copy of this session's build with a lock left in it."""
+    built = Path(kernel_loader.kernel_info()["build_dir"])
+    root = tmp_path / "cache"
+    shutil.copytree(built, root / built.name)  # file times kept: ninja finds it up to date
+    (root / built.name / "lock").touch()
+    script = ("import centelha.kernels as k; k.STALE_LOCK_SECONDS = 1.0; "
+              "print(k.build_kernels().simd())")
+    env = {**os.environ, "CENTELHA_KERNEL_DIR": str(root)}
+    env.pop("CENTELHA_NO_KERNELS", None)
+    try:
+        proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                              text=True, timeout=240)
+    except subprocess.TimeoutExpired:
+        pytest.fail("loading the kernels waited on the stale lock")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == kernels.simd()
+    assert not (root / built.name / "lock").exists()

@@ -1,9 +1,12 @@
-"""The Transformer: causal masking, KV cache, overfitting, sizes, bad input."""
+"""The Transformer: causal masking, KV cache, overfitting, sizes, bad input, and the
+inference runtime's paths (prefill, chunks, decode steps through the KV cache, with and
+without the C++ kernels) against Hugging Face `transformers`."""
 
 import pytest
 import torch
 
 from centelha.errors import CentelhaError
+from centelha.formats.hf import hf_to_config, hf_to_tensors
 from centelha.model import Transformer, count_parameters, flops_per_token, matmul_parameters
 from tests.conftest import tiny_config
 
@@ -119,3 +122,81 @@ def test_rows_of_different_lengths_decode_together(family):
                 alone = model(seq[None])[0, -1]
                 assert (together[row] - alone).abs().max().item() < 1e-5
     assert cache.lengths == [9, 15, 6]
+
+
+def test_a_float16_cache_takes_chunks_for_rows_of_different_lengths(family):
+    model = make_model(family)
+    gen = torch.Generator().manual_seed(4)
+    prompts = [torch.randint(0, 97, (n,), generator=gen) for n in (5, 2)]
+    chunk = torch.randint(0, 97, (2, 3), generator=gen)
+    results = []
+    for dtype in (torch.float32, torch.float16):
+        cache = model.new_cache(batch=2, max_len=32, dtype=dtype)
+        with torch.no_grad():
+            for row, prompt in enumerate(prompts):
+                model(prompt[None], cache=cache, rows=slice(row, row + 1))
+            results.append(model(chunk, cache=cache))
+    torch.testing.assert_close(results[1], results[0], rtol=0, atol=2e-3)
+
+
+def test_a_model_trains_after_generating(family):
+    model = make_model(family)
+    with torch.inference_mode():  # rotary tables are made here, on first use
+        model(torch.tensor([[1, 2, 3]]))
+    model.train()
+    _, loss = model(torch.tensor([[1, 2, 3, 4]]), torch.tensor([[2, 3, 4, 5]]))
+    loss.backward()
+    assert model.tok_emb.weight.grad is not None
+
+
+# -- the inference paths against Hugging Face transformers -----------------------------------
+HF_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, vocab_size=300,
+                max_position_embeddings=128)
+
+
+def hf_and_ours(family: str):
+    """A tiny random HF model (llama, or qwen3: q/k norms, head size 24) and ours with its
+    weights, norms and biases perturbed so that mixing them up shows."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(**HF_SHAPE) if family == "llama" else \
+        transformers.Qwen3Config(**HF_SHAPE, head_dim=24)
+    torch.manual_seed(0)
+    hf = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    cfg = hf_to_config(hf.config.to_dict())
+    return hf, Transformer.from_tensors(cfg, hf_to_tensors(dict(hf.state_dict()), cfg))
+
+
+@pytest.mark.parametrize("lengths", [(9, 14), (11, 11)], ids=["ragged rows", "same lengths"])
+@pytest.mark.parametrize("kernels_on", [False, True], ids=["pytorch", "kernels"])
+@pytest.mark.parametrize("hf_family", ["llama", "qwen3"])
+def test_cached_inference_matches_transformers(hf_family, kernels_on, lengths, request,
+                                               monkeypatch):
+    """Each row prefilled alone, then both rows continued together by a 6-token chunk, a
+    3-token chunk and single-token decode steps: every path the runtime plans (reference
+    attention with a cache mask, few-query attention, and with the kernels the fused C++
+    step) gives the logits HF computes over the whole sequence."""
+    if kernels_on:
+        request.getfixturevalue("kernels")
+    else:
+        monkeypatch.setenv("CENTELHA_NO_KERNELS", "1")
+    hf, ours = hf_and_ours(hf_family)
+    gen = torch.Generator().manual_seed(2)
+    sequences = [torch.randint(0, 300, (n,), generator=gen) for n in lengths]
+    cache = ours.new_cache(batch=2, max_len=64)
+    with torch.inference_mode():
+        for row, seq in enumerate(sequences):
+            logits = ours(seq[None], cache=cache, rows=slice(row, row + 1))
+            assert (logits - hf(seq[None]).logits).abs().max().item() < 1e-4
+        for size in (6, 3, 1, 1, 1):
+            new = torch.randint(0, 300, (2, size), generator=gen)
+            logits = ours(new, cache=cache)
+            sequences = [torch.cat([s, n]) for s, n in zip(sequences, new, strict=True)]
+            for row, seq in enumerate(sequences):
+                expected = hf(seq[None]).logits[0, -size:]
+                assert (logits[row] - expected).abs().max().item() < 1e-4, (size, row)
+    assert cache.lengths == [n + 12 for n in lengths]

@@ -1,8 +1,9 @@
-"""`Transformer`: the one decoder-only model class, with a KV cache for generation.
+"""`Transformer`: the one decoder-only model class, the reference for every faster path.
 
 Every family is this class with different switches from `ModelConfig`: LayerNorm or
 RMSNorm, learned or rotary positions, GELU or SwiGLU MLP, grouped-query attention,
-biases, q/k norms, tied embeddings.
+biases, q/k norms, tied embeddings. Read top to bottom: norms, rotary positions,
+attention, MLP, block, the model.
 
 Design choices a reader should know:
 - Q, K and V come from one fused projection (`attn.qkv`), and SwiGLU's gate and up
@@ -11,19 +12,15 @@ Design choices a reader should know:
 - Attention is `scaled_dot_product_attention`; grouped-query heads use its `enable_gqa`.
 - Rotary embeddings use the "rotate half" layout (first half of each head pairs with the
   second half), the layout of Hugging Face checkpoints.
-- The KV cache is preallocated for the whole context: decoding writes into it in place,
-  so shapes never change from one step to the next.
-- Inference in float32 on the CPU uses centelha's C++ kernels (`centelha.kernels`) for
-  the small operations where PyTorch's per-call cost dominates: RMSNorm, the SwiGLU gate,
-  and, for one new token per row, everything from rotary embedding to attention over the
-  cache (`Step.fused`). The PyTorch code beside each call is the reference they are tested
-  against, and the path used for training, other dtypes, GPUs, or without a compiler.
+- What generation adds lives in `centelha.runtime`: the KV cache, the per-call plan
+  (`Step`), faster attention for decoding (`Step.attend`), and the C++ kernels RMSNorm and
+  the SwiGLU gate use in float32 inference on a CPU. The PyTorch code here is what they are
+  tested against, and the path for training, other dtypes, GPUs, or no compiler.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -31,53 +28,33 @@ from torch import nn
 
 from centelha.config import ModelConfig
 from centelha.errors import CentelhaError
-from centelha.kernels import load_kernels
+from centelha.runtime import KVCache, Step, inference_kernels, plan
+from centelha.sizes import count_parameters, flops_per_token, matmul_parameters  # noqa: F401 - re-exported
 
 
-class KVCache:
-    """Keys and values of every layer for `batch` rows, up to `max_len` positions each.
+# -- norms ----------------------------------------------------------------------------------
+class RMSNorm(nn.Module):
+    """x / rms(x) · weight over the last dimension (Llama's norm: no mean, no bias)."""
 
-    Each row is one sequence with its own length, so rows of different lengths can
-    decode together (the engine's batch); a forward call works on a contiguous range of
-    rows, so the cache is only ever read and written through views, never copied.
-    """
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
 
-    def __init__(self, cfg: ModelConfig, batch: int, max_len: int,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
-        shape = (cfg.n_layer, batch, cfg.n_kv_head, max_len, cfg.head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.max_len = max_len
-        self.lengths = [0] * batch  # filled positions of each row
-
-    @property
-    def pos(self) -> int:
-        """The filled length, when every row has the same one."""
-        if len(set(self.lengths)) != 1:
-            raise ValueError("rows of this cache have different lengths")
-        return self.lengths[0]
-
-    def reset(self, rows: slice = slice(None)) -> None:
-        for row in range(len(self.lengths))[rows]:
-            self.lengths[row] = 0
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kernels = inference_kernels(x, self.weight)  # float32 inference on a CPU: one C++ call
+        if kernels is not None:
+            return kernels.rms_norm(x.contiguous(), self.weight, self.eps)
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
-@dataclass
-class Step:
-    """How one forward call meets the cache: computed once, shared by every layer."""
-    cache: KVCache | None = None
-    rows: slice | None = None
-    start: int | None = 0            # the rows' common start, or None when they differ
-    positions: torch.Tensor | None = None  # (B, T) when the starts differ
-    keys: int = 0                    # how many cached positions the queries attend over
-    mask: torch.Tensor | None = None
-    causal: bool = True
-    rope: tuple[torch.Tensor, torch.Tensor] | None = None
-    fused: object | None = None      # the kernels module, when one C++ call does attention
-    new_positions: torch.Tensor | None = None  # (B,) int64, for `fused`
-    rope_rows: tuple[torch.Tensor, torch.Tensor] | None = None  # (B or 1, D), for `fused`
+def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return RMSNorm(dim, cfg.norm_eps)
+    return nn.LayerNorm(dim, eps=cfg.norm_eps, bias=cfg.bias)
 
 
+# -- rotary positions -----------------------------------------------------------------------
 def rope_inverse_frequencies(cfg: ModelConfig) -> torch.Tensor:
     """θ_i = base^(-2i/d) for each pair of channels of a head, with Llama-3's or linear
     context scaling when the config asks for it."""
@@ -121,64 +98,15 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> 
     return x * cos + torch.roll(x, x.shape[-1] // 2, dims=-1) * signed_sin
 
 
-def inference_kernels(x: torch.Tensor, *params: torch.Tensor):
-    """The C++ kernels module when an operation on `x` and `params` can use it (float32 on
-    the CPU, no gradient to record), else None."""
-    if x.dtype is not torch.float32 or not x.is_cpu:  # attribute checks: this runs ~90× a token
-        return None
-    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
-        return None
-    return load_kernels()
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kernels = inference_kernels(x, self.weight)
-        if kernels is not None:
-            return kernels.rms_norm(x.contiguous(), self.weight, self.eps)
-        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
-
-
-# Queries per call at or below which attention is two batched matrix products instead of
-# SDPA: PyTorch's CPU flash kernel costs milliseconds for one query over a cache view.
-DECODE_TOKENS = 4
-
-
-def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                     mask: torch.Tensor | None) -> torch.Tensor:
-    """Attention of a few new queries over the cache. Grouped-query heads are handled by
-    folding each group's queries together, so keys and values are never copied."""
-    B, H, T, D = q.shape
-    kv_heads = k.shape[1]
-    group = H // kv_heads
-    q = q.reshape(B, kv_heads, group * T, D)
-    scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(D))  # (B, kv, group·T, S)
-    if mask is not None:
-        if mask.dim() == 2:  # (T, S): the same for every row and head
-            mask = mask[None, None]
-        # (B, 1, T, S) → repeat over the group's queries, which are laid out group-major
-        mask = mask.expand(B, 1, T, mask.shape[-1]).repeat(1, 1, group, 1)
-        scores = scores.masked_fill(~mask, float("-inf"))
-    y = scores.softmax(-1) @ v
-    return y.reshape(B, H, T, D)
-
-
-def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
-    if cfg.norm == "rmsnorm":
-        return RMSNorm(dim, cfg.norm_eps)
-    return nn.LayerNorm(dim, eps=cfg.norm_eps, bias=cfg.bias)
-
-
+# -- attention, MLP, block ------------------------------------------------------------------
 class Attention(nn.Module):
+    """Causal self-attention with grouped-query heads, optional q/k norms and rotary
+    positions, over the new tokens and, with a cache, the cached positions of each row."""
+
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         self.cfg = cfg
-        self.layer = layer
+        self.layer = layer  # which slice of the KV cache is this layer's
         self.q_size = cfg.n_head * cfg.head_dim
         self.kv_size = cfg.n_kv_head * cfg.head_dim
         self.qkv = nn.Linear(cfg.d_model, self.q_size + 2 * self.kv_size, bias=cfg.qkv_bias)
@@ -188,63 +116,38 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
 
     def forward(self, x: torch.Tensor, step: Step) -> torch.Tensor:
+        """(B, T, d_model) → (B, T, d_model)."""
         cfg = self.cfg
         B, T, _ = x.shape
         heads = self.qkv(x).view(B, T, cfg.n_head + 2 * cfg.n_kv_head, cfg.head_dim)
-        if step.fused is not None and not cfg.qk_norm:
-            return self.proj(self.attend_fused(heads.view(B, -1, cfg.head_dim), step))
-        qk, v = heads.split([cfg.n_head + cfg.n_kv_head, cfg.n_kv_head], dim=2)
         if cfg.qk_norm:
-            q, k = qk.split([cfg.n_head, cfg.n_kv_head], dim=2)
-            qk = torch.cat([self.q_norm(q), self.k_norm(k)], dim=2)
-            if step.fused is not None:
-                heads = torch.cat([qk, v], dim=2).view(B, -1, cfg.head_dim)
-                return self.proj(self.attend_fused(heads, step))
-        if step.rope is not None:  # queries and keys rotate together: one set of ops
+            q, k, v = heads.split([cfg.n_head, cfg.n_kv_head, cfg.n_kv_head], dim=2)
+            heads = torch.cat([self.q_norm(q), self.k_norm(k), v], dim=2)
+        if step.attend is not None:  # the runtime's faster equivalent of the lines below
+            return self.proj(step.attend(self, heads, step))
+        q, k, v = self.queries_keys_values(heads, step)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=step.mask, is_causal=step.causal,
+                                           dropout_p=cfg.dropout if self.training else 0.0,
+                                           enable_gqa=cfg.n_kv_head != cfg.n_head)
+        return self.proj(y.transpose(1, 2).reshape(B, T, self.q_size))
+
+    def queries_keys_values(self, heads: torch.Tensor, step: Step):
+        """q (B, n_head, T, D) rotated to their positions, and k, v (B, n_kv_head, S, D):
+        the new keys (rotated) and values, after the cached ones when there is a cache."""
+        cfg = self.cfg
+        qk, v = heads.split([cfg.n_head + cfg.n_kv_head, cfg.n_kv_head], dim=2)
+        if step.rope is not None:  # queries and keys rotate together: one set of operations
             qk = apply_rope(qk, *step.rope)
-        q, k = (t.transpose(1, 2) for t in qk.split([cfg.n_head, cfg.n_kv_head], dim=2))
-        v = v.transpose(1, 2)
+        q, k = qk.split([cfg.n_head, cfg.n_kv_head], dim=2)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, D)
         if step.cache is not None:
-            k, v = self.remember(k, v, step)
-        if step.cache is not None and T <= DECODE_TOKENS and not step.causal:
-            y = decode_attention(q, k, v, step.mask)
-        else:
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=step.mask, is_causal=step.causal,
-                dropout_p=cfg.dropout if self.training else 0.0,
-                enable_gqa=cfg.n_kv_head != cfg.n_head,
-            )
-        y = y.transpose(1, 2).reshape(B, T, self.q_size)
-        return self.proj(y)
-
-    def attend_fused(self, heads: torch.Tensor, step: Step) -> torch.Tensor:
-        """The C++ kernel's version of the path above for one new token per row: rotary,
-        cache write and attention in one call. Returns (B, 1, q_size)."""
-        cos, sin = step.rope_rows
-        y = step.fused.attend_one(heads, cos, sin, step.cache.k, step.cache.v, self.layer,
-                                  step.rows.start, step.new_positions, self.cfg.n_head,
-                                  self.cfg.n_kv_head)
-        return y.view(heads.shape[0], 1, self.q_size)
-
-    def remember(self, k: torch.Tensor, v: torch.Tensor, step: Step):
-        """Write the new keys/values into the cache; return all the keys/values to attend."""
-        cache_k = step.cache.k[self.layer, step.rows]
-        cache_v = step.cache.v[self.layer, step.rows]
-        if step.start is not None:
-            end = step.start + k.shape[2]
-            cache_k[:, :, step.start:end] = k
-            cache_v[:, :, step.start:end] = v
-        else:
-            rows = torch.arange(k.shape[0], device=k.device)[:, None]
-            cache_k[rows, :, step.positions] = k.transpose(1, 2)
-            cache_v[rows, :, step.positions] = v.transpose(1, 2)
-        cache_k, cache_v = cache_k[:, :, :step.keys], cache_v[:, :, :step.keys]
-        if cache_k.dtype != k.dtype:  # a float16 cache under float32 activations
-            return cache_k.to(k.dtype), cache_v.to(k.dtype)
-        return cache_k, cache_v
+            k, v = step.remember(self.layer, k, v)
+        return q, k, v
 
 
 class MLP(nn.Module):
+    """GPT-2's GELU MLP, or SwiGLU: fc_out(silu(gate) · up) with gate and up from `fc_in`."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.swiglu = cfg.mlp == "swiglu"
@@ -254,7 +157,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc_in(x)
-        kernels = inference_kernels(h) if self.swiglu else None
+        kernels = inference_kernels(h) if self.swiglu else None  # one C++ call, as in RMSNorm
         if kernels is not None:
             h = kernels.swiglu(h)
         elif self.swiglu:
@@ -266,6 +169,8 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
+    """Pre-norm residual block: x + attention(norm(x)), then x + MLP(norm(x))."""
+
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         self.norm1 = make_norm(cfg, cfg.d_model)
@@ -283,7 +188,19 @@ class Block(nn.Module):
         return F.dropout(x, self.dropout, True) if self.training and self.dropout else x
 
 
+# -- the model ------------------------------------------------------------------------------
 class Transformer(nn.Module):
+    """A decoder-only language model: token ids in, next-token logits out.
+
+    Token embedding (+ learned positions for GPT-2), `n_layer` pre-norm `Block`s, a final
+    norm and the LM head (tied to the embedding when `cfg.tie_embeddings`). Which norm,
+    positional scheme, MLP, head grouping, biases and q/k norms: all from `cfg`
+    (`ModelConfig`), so every family is this one class.
+
+    For generation, `new_cache` makes a `KVCache` and `forward` continues its rows;
+    `Engine` drives both.
+    """
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -343,8 +260,9 @@ class Transformer(nn.Module):
         stale = cos.dtype != weight.dtype or cos.device != weight.device
         if stale or start + length > cos.shape[0]:
             size = min(self.cfg.block_size, max(2 * (start + length), 2048))
-            cos, sin = rope_tables(rope_inverse_frequencies(self.cfg), size)
-            self._rope_tables = cos, sin = (cos.to(weight), sin.to(weight))
+            with torch.inference_mode(False):  # tables made while generating serve training too
+                cos, sin = rope_tables(rope_inverse_frequencies(self.cfg), size)
+                self._rope_tables = cos, sin = (cos.to(weight), sin.to(weight))
         return cos[start:start + length], sin[start:start + length]
 
     def new_cache(self, batch: int = 1, max_len: int | None = None,
@@ -359,26 +277,23 @@ class Transformer(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 cache: KVCache | None = None, last_only: bool = False,
                 rows: slice | None = None):
-        """Logits for token ids `idx` (B, T); with `targets`, also the mean cross-entropy.
+        """Logits (B, T, vocab) for token ids `idx` (B, T); with `targets` (B, T, -100 = not
+        scored), the pair (logits, mean cross-entropy).
 
         With a `cache`, `idx` continues the sequences in cache rows `rows` (default: all
         of them, B rows from the first), each from its own length, and those rows grow
         by T. `last_only` computes logits for the final position only (generation).
         """
         B, T = idx.shape
-        step = self.plan(B, T, cache, rows, idx.device)
+        step = plan(self, B, T, cache, rows, idx.device)
         x = self.tok_emb(idx)
-        positions = step.positions if step.start is None else None
         if self.cfg.pos == "learned":
-            if positions is None:
-                positions = torch.arange(step.start, step.start + T, device=idx.device)
-            x = x + self.pos_emb(positions)
+            x = x + self.pos_emb(step.position_ids(T, idx.device))
         x = self.dropout(x)
         for block in self.blocks:
             x = block(x, step)
         if cache is not None:
-            for row in range(len(cache.lengths))[step.rows]:
-                cache.lengths[row] += T
+            cache.advance(step.rows, T)
         if last_only:
             x = x[:, -1:]
         logits = self.lm_head(self.norm_f(x))
@@ -387,100 +302,3 @@ class Transformer(nn.Module):
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1),
                                ignore_index=-100)
         return logits, loss
-
-    def plan(self, B: int, T: int, cache: KVCache | None, rows: slice | None,
-             device: torch.device) -> Step:
-        """Positions, cache slots and attention mask of one forward call."""
-        if cache is None:
-            if T > self.cfg.block_size:
-                raise CentelhaError(f"sequence of {T} tokens is longer than the context "
-                                    f"({self.cfg.block_size} tokens)")
-            step = Step(causal=T > 1)
-            if self.cfg.pos == "rope":
-                cos, sin = self.rope(0, T)
-                step.rope = (cos[:, None], sin[:, None])
-            return step
-        rows = rows if rows is not None else slice(0, B)
-        starts = cache.lengths[rows]
-        if len(starts) != B:
-            raise ValueError(f"{B} inputs for {len(starts)} cache rows")
-        if max(starts) + T > cache.max_len:
-            raise CentelhaError(f"sequence of {max(starts) + T} tokens is longer than the "
-                                f"context ({cache.max_len} tokens)")
-        keys = max(starts) + T
-        fused = self.decode_kernels(T, cache)
-        if len(set(starts)) == 1:
-            start = starts[0]
-            step = Step(cache, rows, start, keys=keys, causal=start == 0 and T > 1)
-            if start > 0 and T > 1:
-                # new queries see every cached position and the causal part of their block
-                step.mask = torch.ones(T, keys, dtype=torch.bool, device=device).tril(start)
-            if self.cfg.pos == "rope":
-                cos, sin = self.rope(start, T)
-                step.rope = (cos[:, None], sin[:, None])  # (T, 1, D): over (B, T, heads, D)
-            return self.fuse(step, fused, starts)
-        first = torch.tensor(starts, device=device)[:, None]
-        positions = first + torch.arange(T, device=device)
-        mask = None
-        if fused is None:  # the kernel masks by each row's position itself
-            mask = (torch.arange(keys, device=device) <= positions[:, :, None])[:, None]
-        step = Step(cache, rows, None, positions, keys, mask, causal=False)
-        if self.cfg.pos == "rope":
-            cos, sin = self.rope(0, keys)
-            step.rope = (cos[positions][:, :, None], sin[positions][:, :, None])  # (B, T, 1, D)
-        return self.fuse(step, fused, starts)
-
-    def decode_kernels(self, T: int, cache: KVCache):
-        """The C++ kernels when this call is one new token per row on a float32 model with a
-        float32/float16 CPU cache, no gradient wanted; else None."""
-        if T == 1 and not torch.is_grad_enabled() and cache.k.device.type == "cpu" \
-                and cache.k.dtype in (torch.float32, torch.float16) \
-                and self.tok_emb.weight.dtype == torch.float32:
-            return load_kernels()
-        return None
-
-    def fuse(self, step: Step, fused, starts: list[int]) -> Step:
-        """Give the step what the attention kernel needs: each row's new position and its
-        rotary rows."""
-        step.fused = fused
-        if fused is not None:
-            step.new_positions = torch.tensor(starts, dtype=torch.long)
-            empty = step.cache.k.new_empty(0)
-            step.rope_rows = tuple(t.reshape(-1, self.cfg.head_dim) for t in step.rope) \
-                if step.rope else (empty, empty)
-        return step
-
-
-def count_parameters(model: Transformer, trainable_only: bool = False) -> int:
-    """Distinct parameters (a tied embedding counts once). Quantized layers (which hold
-    their weights as buffers) count as the float layers they replace, and are not
-    trainable."""
-    total = sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
-    if trainable_only:
-        return total
-    for name, module in model.named_modules():
-        if hasattr(module, "qweight") and not (name == "lm_head" and model.cfg.tie_embeddings):
-            bias = module.out_features if module.bias is not None else 0
-            total += module.in_features * module.out_features + bias
-    return total
-
-
-def matmul_parameters(cfg: ModelConfig) -> int:
-    """Weights that take part in a matrix product per token: every projection + the LM head."""
-    attn = cfg.d_model * (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim
-    attn += cfg.n_head * cfg.head_dim * cfg.d_model
-    mlp = (3 if cfg.mlp == "swiglu" else 2) * cfg.d_model * cfg.d_ff
-    return cfg.n_layer * (attn + mlp) + cfg.d_model * cfg.vocab_size
-
-
-def flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> dict[str, int]:
-    """Floating-point operations per token at context `seq_len` (PaLM's accounting).
-
-    forward: 2 per matmul weight, plus the attention scores and weighted sum
-    (2 · 2 · layers · heads · head_dim · seq_len); training is 3× forward (backward ≈ 2×).
-    """
-    seq_len = seq_len or cfg.block_size
-    n = matmul_parameters(cfg)
-    attention = 4 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len
-    forward = 2 * n + attention
-    return {"forward": forward, "train": 3 * forward, "matmul_params": n}

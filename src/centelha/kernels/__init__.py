@@ -29,6 +29,10 @@ Design choices a reader should know:
   the copy torch already loaded, so kernels and torch share one OpenMP pool and follow
   torch.set_num_threads.
 - The first build takes ≈ 15 s on 2 cores; later processes load the cached .so in ≈ 0.2 s.
+- Concurrent builds in one folder are serialised by torch's `lock` file, which a process
+  killed mid-build leaves behind; torch would then wait for it forever. So the loader waits
+  itself while the build folder shows progress, and removes a lock under which nothing has
+  changed for `STALE_LOCK_SECONDS` (5 minutes; a build writes a file every few seconds).
 """
 
 from __future__ import annotations
@@ -38,14 +42,18 @@ import os
 import platform
 import sys
 import threading
+import time
 import warnings
 from pathlib import Path
 from types import ModuleType
 
 import torch
 
+from centelha.errors import CentelhaError
+
 SOURCES = [Path(__file__).with_name(name) for name in ("lowbit.cpp", "decode.cpp")]
 _X86 = {"x86_64", "amd64", "i386", "i686", "x86"}
+STALE_LOCK_SECONDS = 300.0
 
 # os.environ's raw dict (bytes keys on POSIX): a lookup there costs a tenth of os.environ.get,
 # and it stays in step with os.environ (and pytest's monkeypatch.setenv).
@@ -75,10 +83,6 @@ def load_kernels() -> ModuleType | None:
                 _state["module"] = _load_or_warn()
                 _state["tried"] = True
     return _state["module"]
-
-
-def kernels_available() -> bool:
-    return load_kernels() is not None
 
 
 def kernel_info() -> dict:
@@ -170,11 +174,53 @@ def _build(flags: list[str]) -> ModuleType:
     if flags == compile_flags():  # the variant load_kernels uses
         _state["build_dir"] = str(build_dir)
     verbose = os.environ.get("CENTELHA_KERNEL_VERBOSE", "") not in ("", "0")
+    wait_for_other_build(build_dir)
     ldflags = ["-fopenmp"] if "-fopenmp" in flags else []
     sources = [str(source) for source in SOURCES]
     return cpp_extension.load(name=name, sources=sources, extra_cflags=flags,
                               extra_ldflags=ldflags, build_directory=str(build_dir),
                               verbose=verbose)
+
+
+def wait_for_other_build(build_dir: Path, stale_after: float | None = None,
+                         poll: float = 0.2) -> None:
+    """Return once no other process is building in `build_dir`.
+
+    torch's `lock` file there says one is: wait while its build makes progress (a file in
+    the folder changed within `stale_after` seconds, default STALE_LOCK_SECONDS). A lock
+    with no progress for that long was left by a build that was killed: remove it, so this
+    process builds instead (torch would wait for it forever). Raises CentelhaError when the
+    lock cannot be removed.
+    """
+    stale_after = STALE_LOCK_SECONDS if stale_after is None else stale_after
+    lock = build_dir / "lock"
+    while lock.exists():
+        if time.time() - _last_change(build_dir) > stale_after:
+            _remove_stale_lock(lock, stale_after)
+            return
+        time.sleep(poll)
+
+
+def _last_change(folder: Path) -> float:
+    """The latest modification time of the files in `folder` (one may vanish meanwhile)."""
+    latest = 0.0
+    for entry in folder.iterdir():
+        try:
+            latest = max(latest, entry.stat().st_mtime)
+        except FileNotFoundError:
+            continue
+    return latest
+
+
+def _remove_stale_lock(lock: Path, stale_after: float) -> None:
+    try:
+        lock.unlink(missing_ok=True)
+    except OSError as exc:
+        raise CentelhaError(f"{lock} is a kernel build lock left by a stopped build and "
+                            f"cannot be removed ({exc.strerror or exc}); delete it") from None
+    warnings.warn(f"centelha: removed {lock}, a kernel build lock left by a stopped build "
+                  f"(nothing changed beside it for {stale_after:.0f} s)",
+                  RuntimeWarning, stacklevel=2)
 
 
 def _self_test(module: ModuleType) -> None:
