@@ -159,3 +159,11 @@ def test_find_files_is_sorted_and_recursive(tmp_path):
 def test_too_few_tokens_for_the_window_is_a_clear_error(prepared):
     with pytest.raises(CentelhaError, match="too few for windows"):
         TokenWindows(prepared, "val", block_size=10**7)
+
+
+def test_a_jsonl_text_may_hold_a_raw_line_separator(tmp_path):
+    from centelha.data import read_jsonl
+
+    path = tmp_path / "docs.jsonl"  # json.dumps(ensure_ascii=False) writes U+2028 as it is
+    path.write_text('{"text": "um\u2028dois"}\n\n{"text": "três"}\n', encoding="utf-8")
+    assert list(read_jsonl(path)) == ["um\u2028dois", "três"]

@@ -30,7 +30,7 @@ import torch
 from rich.progress import Progress
 
 from centelha.errors import CentelhaError
-from centelha.jsonfile import read_json_object
+from centelha.jsonfile import json_lines, read_json_object
 from centelha.redact import redact
 from centelha.tokenizer import Tokenizer, train_bpe, train_char
 
@@ -90,16 +90,10 @@ def split_sections(text: str, size: int = SECTION_CHARS) -> list[str]:
 
 
 def read_jsonl(path: Path) -> Iterator[str]:
-    for number, line in enumerate(read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise CentelhaError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-        text = record.get("text") if isinstance(record, dict) else None
+    for where, record in json_lines(path, read_text(path)):
+        text = record.get("text")
         if not isinstance(text, str):
-            raise CentelhaError(f"{path}:{number}: each line needs a string field \"text\"")
+            raise CentelhaError(f"{where}: each line needs a string field \"text\"")
         yield text
 
 
