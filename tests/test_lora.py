@@ -9,7 +9,6 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_config
 from torch import nn
 
 from centelha.errors import CentelhaError
@@ -29,6 +28,7 @@ from centelha.lora import (
 )
 from centelha.model import Transformer
 from centelha.quant import quantize_model
+from tests.conftest import tiny_config
 
 
 def tiny_model(family: str = "llama", seed: int = 0, **overrides) -> Transformer:

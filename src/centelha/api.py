@@ -93,8 +93,9 @@ class LLM:
 
 
 def load(source: str | Path = "smollm2-135m-instruct", dtype: str = "fp32",
-         max_context: int = DEFAULT_CONTEXT) -> LLM:
+         max_context: int = DEFAULT_CONTEXT, adapter: str | Path | None = None) -> LLM:
     """A model by registry name, checkpoint folder, Hugging Face folder or GGUF path;
-    `dtype`: fp32, bf16, fp16, int8, int4 or native (see `load_model`)."""
-    model, tokenizer, info = load_model(source, dtype)
+    `dtype`: fp32, bf16, fp16, int8, int4 or native (see `load_model`); `adapter`: a LoRA
+    adapter folder trained on that model, merged into its weights."""
+    model, tokenizer, info = load_model(source, dtype, adapter=adapter)
     return LLM(model, tokenizer, name=str(source), info=info, max_context=max_context)

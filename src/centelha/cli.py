@@ -111,6 +111,9 @@ def train(
                   f"(perplexity {ppl}); checkpoint in {result.run_dir}")
 
 
+ADAPTER_HELP = "A LoRA adapter folder trained on this model, merged into its weights"
+
+
 @app.command()
 def generate(
     model: str = typer.Argument(..., help="Checkpoint or HF folder, .gguf file, or model name"),
@@ -125,11 +128,12 @@ def generate(
     stop: list[str] = typer.Option([], help=help_for("sampling", "stop") + " (repeatable)"),
     seed: int = typer.Option(None, help=help_for("sampling", "seed")),
     dtype: str = typer.Option("fp32", help="Weights: fp32, bf16, int8, int4 or native"),
+    adapter: Path = typer.Option(None, help=ADAPTER_HELP),
 ) -> None:
     """Continue a prompt, streaming the text as it is generated."""
     from centelha.api import load
 
-    llm = load(model, dtype=dtype)
+    llm = load(model, dtype=dtype, adapter=adapter)
     pieces = llm.stream(prompt, max_new_tokens=max_new_tokens, temperature=temperature,
                         top_k=top_k, top_p=top_p, min_p=min_p,
                         repetition_penalty=repetition_penalty, stop=stop, seed=seed)
@@ -150,13 +154,14 @@ def chat(
     max_new_tokens: int = typer.Option(512, help="At most this many tokens per answer"),
     seed: int = typer.Option(None, help=help_for("sampling", "seed")),
     dtype: str = typer.Option("fp32", help="Weights: fp32, bf16, int8, int4 or native"),
+    adapter: Path = typer.Option(None, help=ADAPTER_HELP),
 ) -> None:
     """Talk to a model in the terminal (/help lists the commands)."""
     from centelha.api import load
     from centelha.chat import ChatSession
 
     with console.status(Text(f"loading {model}…")):
-        llm = load(model, dtype=dtype)
+        llm = load(model, dtype=dtype, adapter=adapter)
     session = ChatSession(llm, system, temperature=temperature,
                           max_new_tokens=max_new_tokens, seed=seed)
     console.print(Text.assemble((model, "bold"), " — type a message; /help for commands, "

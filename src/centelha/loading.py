@@ -8,6 +8,9 @@ the benchmarks). Design choices a reader should know:
 - `native` keeps a GGUF file's Q8_0/Q4_0/Q4_1/Q4_K blocks as quantized layers with no fp32
   detour; int8/int4 quantize float weights after loading; fp32/bf16/fp16 cast the float
   weights and leave quantized layers alone.
+- A LoRA `adapter` is checked against the float base it was trained on (its fingerprint)
+  and merged into it before any cast or quantization, so generation pays nothing for it;
+  `native` cannot take one (the merge needs float weights).
 """
 
 from __future__ import annotations
@@ -29,16 +32,20 @@ QUANTIZED = ("int8", "int4")
 WEIGHT_FORMATS = (*DTYPES, *QUANTIZED, "native")
 
 
-def load_model(source: str | Path, dtype: str = "fp32",
-               group_size: int = 32) -> tuple[Transformer, Tokenizer, dict]:
+def load_model(source: str | Path, dtype: str = "fp32", group_size: int = 32,
+               adapter: str | Path | None = None) -> tuple[Transformer, Tokenizer, dict]:
     """(model in eval mode, tokenizer, info about where it came from).
 
     `dtype` chooses the weight format: fp32 (the default on CPU), bf16, fp16, int8
     (per output channel), int4 (groups of `group_size`), or native (a GGUF file's own
-    blocks, loaded into quantized layers without an fp32 detour).
+    blocks, loaded into quantized layers without an fp32 detour). `adapter`: a LoRA
+    adapter folder (`centelha.lora.save_adapter`) merged into the weights.
     """
     if dtype not in WEIGHT_FORMATS:
         raise CentelhaError(f"dtype must be one of {', '.join(WEIGHT_FORMATS)}, not {dtype!r}")
+    if adapter is not None and dtype == "native":
+        raise CentelhaError("an adapter is merged into float weights, so it cannot be used "
+                            "with --dtype native; use int4, int8 or a float dtype")
     path = resolve(source)
     if path.is_file():
         if path.suffix.lower() != ".gguf":
@@ -60,6 +67,9 @@ def load_model(source: str | Path, dtype: str = "fp32",
             model, tokenizer = load_checkpoint(path)
             info = {"format": "centelha"}
     info["path"] = str(path)
+    if adapter is not None:
+        model = with_adapter(model, adapter)
+        info["adapter"] = str(adapter)
     if dtype in QUANTIZED and not is_quantized(model):
         quantize_model(model, dtype, group_size)
     elif dtype in DTYPES:
@@ -68,6 +78,14 @@ def load_model(source: str | Path, dtype: str = "fp32",
     if is_quantized(model):
         info["quantization"] = quantization or dtype
     return model.eval(), tokenizer, info
+
+
+def with_adapter(model: Transformer, adapter: str | Path) -> Transformer:
+    """`model` with the LoRA adapter in `adapter` merged in (refused on another base)."""
+    from centelha.lora import load_adapter, merged_model
+
+    load_adapter(model, adapter)
+    return merged_model(model)
 
 
 def cast_floats(model: Transformer, dtype: torch.dtype) -> None:
