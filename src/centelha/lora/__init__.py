@@ -15,6 +15,7 @@ One idea per module, each building on the ones above it:
 - `merge`        `merge` / `unmerge` in place, `merged_model` as a plain copy
 - `fingerprint`  `base_fingerprint`: the cheap hash that names an adapter's base
 - `adapter_file` `save_adapter` / `load_adapter`: adapter.safetensors + adapter.json
+- `peft_export`  `export_peft`: adapter_config.json + adapter_model.safetensors for PEFT
 
 Exporting (PEFT, GGUF) builds on `lora_layers`: our fused `attn.qkv` adapter becomes
 q/k/v adapters that share A and split B by rows [q_size, kv_size, kv_size], and the fused
@@ -33,6 +34,7 @@ from centelha.lora.inject import (
 )
 from centelha.lora.layer import LoRALinear
 from centelha.lora.merge import merge, merged_model, unmerge
+from centelha.lora.peft_export import export_peft
 
 __all__ = [
     "DEFAULT_TARGETS",
@@ -41,6 +43,7 @@ __all__ = [
     "adapters_disabled",
     "apply_lora",
     "base_fingerprint",
+    "export_peft",
     "has_lora",
     "load_adapter",
     "lora_layers",
