@@ -21,6 +21,7 @@ import yaml
 
 from centelha.errors import CentelhaError
 from centelha.kinds import is_integer, is_number
+from centelha.precision import PRECISIONS
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 _CUDA_INDEX = re.compile(r"cuda:[0-9]+")
@@ -69,6 +70,8 @@ class TrainConfig:
     """auto, cpu, cuda, cuda:N or mps (auto: the GPU if there is one)."""
     compile: bool = False
     """torch.compile the model before training."""
+    precision: str = "auto"
+    """auto, fp32 or bf16 (autocast): auto takes bf16 on a GPU or a CPU with AMX, else fp32."""
     threads: int | None = None
     """CPU threads for PyTorch (≥ 1); null: PyTorch's default."""
 
@@ -78,6 +81,8 @@ class TrainConfig:
         _require("device", self.device, _is_device(self.device),
                  f"one of {', '.join(DEVICES)} (or cuda:N)")
         _require("compile", self.compile, isinstance(self.compile, bool), "true or false")
+        _require("precision", self.precision, self.precision in PRECISIONS,
+                 f"one of {', '.join(PRECISIONS)}")
         if self.min_lr is None:
             self.min_lr = self.lr / 10
         if self.decay_steps is None:

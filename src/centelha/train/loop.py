@@ -1,8 +1,9 @@
 """The training loop: pretraining by next-token prediction, resumable to the bit.
 
 One loop for every device and world size: AdamW (fused where available), warmup + cosine
-schedule, gradient accumulation and clipping, bf16 autocast and TF32 on CUDA, optional
-`torch.compile`, periodic evaluation (loss and perplexity on the val split), a JSONL log,
+schedule, gradient accumulation and clipping, bf16 autocast where it pays (GPUs, CPUs
+with AMX: `precision.py`), TF32 on CUDA, optional `torch.compile`, periodic evaluation
+(loss and perplexity on the val split), a JSONL log,
 a loss-curve PNG, atomic checkpoints (see `checkpoint.py`), and, under torchrun, DDP or
 FSDP2 across processes (see `distributed.py`). On a GPU whose peak is known, model FLOPs
 utilisation (MFU) is shown and logged.
@@ -15,7 +16,6 @@ Evaluation reads fixed windows and draws no random numbers, so it never perturbs
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import shutil
@@ -41,6 +41,7 @@ from centelha.data import TokenWindows, load_meta
 from centelha.errors import CentelhaError
 from centelha.evaluate import summed_nll
 from centelha.model import Transformer, count_parameters, flops_per_token
+from centelha.precision import autocast, resolve_precision
 from centelha.tokenizer import Tokenizer
 from centelha.train.config import RunConfig, load_run_config
 from centelha.train.distributed import (
@@ -168,6 +169,8 @@ class Run:
             torch.backends.cudnn.allow_tf32 = True
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
+        self.precision, self.precision_reason = resolve_precision(self.cfg.precision,
+                                                                  self.device)
         torch.manual_seed(self.cfg.seed)
         self.model = Transformer(self.model_cfg).to(self.device)
         self.param_names = param_names(self.model)
@@ -183,9 +186,7 @@ class Run:
         self.peak = peak_flops(self.device)
 
     def autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.precision, self.device)
 
     # -- state --------------------------------------------------------------------------
     def save(self) -> None:
@@ -356,7 +357,8 @@ def _train(data_dir, run_dir: Path, run_cfg, resume, stop_after, show_progress,
             progress.console.print(
                 f"global batch {sequences} sequences = {cfg.batch_size} × {cfg.grad_accum} "
                 f"accumulation × {world.size} rank(s) = {tokens_per_step:,} tokens per step"
-                + (f" ({world.strategy})" if world.distributed else ""))
+                + (f" ({world.strategy})" if world.distributed else "")
+                + f"; precision {run.precision} ({run.precision_reason})")
         task = progress.add_task("train", total=cfg.max_steps, completed=run.step,
                                  loss="…", val="…", speed="…", mfu="")
         window_start, window_tokens = time.perf_counter(), 0
