@@ -6,8 +6,9 @@ positions: every token after the first window is predicted with at least
 `window - stride` tokens of context, and each token is counted exactly once. This is the
 usual "sliding window" evaluation, so numbers compare with other tools' at equal settings.
 
-`summed_nll` is the one scoring step: training's validation loss and perplexity both
-call it, so the two numbers are the same measure (validation loss = ln perplexity).
+`nll_sum` is the one scoring step: the training loss (`train/accumulate.py`), the
+validation loss and perplexity all sum it, so they are the same measure (validation
+loss = ln perplexity).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from centelha.errors import CentelhaError
 from centelha.generate import with_bos
@@ -25,6 +27,13 @@ from centelha.tokenizer import Tokenizer
 IGNORE = -100  # a target the loss skips (cross-entropy's ignore_index)
 
 
+def nll_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Total negative log-likelihood (nats) of the `targets` that are not IGNORE under
+    `logits` (…, vocab): a tensor, so training can backpropagate through it."""
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
+                           ignore_index=IGNORE, reduction="sum")
+
+
 def summed_nll(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor
                ) -> tuple[float, int]:
     """Total negative log-likelihood (nats) of the `targets` that are not IGNORE, each
@@ -32,8 +41,7 @@ def summed_nll(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tens
     scored = int((targets != IGNORE).sum())
     if not scored:
         return 0.0, 0
-    _, mean = model(inputs, targets)
-    return mean.item() * scored, scored
+    return nll_sum(model(inputs), targets).item(), scored
 
 
 @dataclass

@@ -16,6 +16,7 @@ One idea per module, each building on the ones above it:
 - `fingerprint`  `base_fingerprint`: the cheap hash that names an adapter's base
 - `adapter_file` `save_adapter` / `load_adapter`: adapter.safetensors + adapter.json
 - `peft_export`  `export_peft`: adapter_config.json + adapter_model.safetensors for PEFT
+- `gguf_export`  `export_gguf_lora`: a llama.cpp GGUF LoRA adapter (`--lora`)
 
 Exporting (PEFT, GGUF) builds on `lora_layers`: our fused `attn.qkv` adapter becomes
 q/k/v adapters that share A and split B by rows [q_size, kv_size, kv_size], and the fused
@@ -25,6 +26,7 @@ q/k/v adapters that share A and split B by rows [q_size, kv_size, kv_size], and 
 from centelha.lora.adapter_file import load_adapter, save_adapter
 from centelha.lora.config import DEFAULT_TARGETS, LoRAConfig
 from centelha.lora.fingerprint import base_fingerprint
+from centelha.lora.gguf_export import export_gguf_lora
 from centelha.lora.inject import (
     adapters_disabled,
     apply_lora,
@@ -43,6 +45,7 @@ __all__ = [
     "adapters_disabled",
     "apply_lora",
     "base_fingerprint",
+    "export_gguf_lora",
     "export_peft",
     "has_lora",
     "load_adapter",

@@ -63,13 +63,17 @@ class World:
         """This rank's rows of a micro-step's global batch of batch_size × size rows."""
         return slice(self.rank * batch_size, (self.rank + 1) * batch_size)
 
-    def mean(self, value: float, device: torch.device) -> float:
-        """The mean of `value` over the ranks (the loss of the whole global batch)."""
+    def sum(self, value: float, device: torch.device) -> float:
+        """The sum of `value` over the ranks."""
         if not self.distributed:
             return value
         t = torch.tensor([value], dtype=torch.float64, device=device)
         dist.all_reduce(t)
-        return float(t.item()) / self.size
+        return float(t.item())
+
+    def mean(self, value: float, device: torch.device) -> float:
+        """The mean of `value` over the ranks."""
+        return self.sum(value, device) / self.size
 
     def barrier(self) -> None:
         if self.distributed:

@@ -43,6 +43,7 @@ from centelha.evaluate import summed_nll
 from centelha.model import Transformer, count_parameters, flops_per_token
 from centelha.precision import autocast, resolve_precision
 from centelha.tokenizer import Tokenizer
+from centelha.train.accumulate import accumulate_gradients
 from centelha.train.config import RunConfig, load_run_config
 from centelha.train.distributed import (
     World,
@@ -256,22 +257,19 @@ class Run:
         lr = learning_rate(self.step, self.cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        total, world, accum = 0.0, self.world, self.cfg.grad_accum
-        for micro in range(accum):
-            # every rank draws the global micro-batch and reads its own rows of it
-            x, y = self.train_data.sample(self.cfg.batch_size * world.size, self.sampler,
+        world = self.world
+        # every rank draws each global micro-batch and reads its own rows of it
+        batches = [self.train_data.sample(self.cfg.batch_size * world.size, self.sampler,
                                           world.rows(self.cfg.batch_size))
-            with micro_step_context(self.wrapped, world, last=micro == accum - 1):
-                with self.autocast():
-                    _, loss = self.forward(x.to(self.device), y.to(self.device))
-                (loss / accum).backward()
-            total += loss.item()
+                   for _ in range(self.cfg.grad_accum)]
+        loss = accumulate_gradients(self.forward, batches, world, self.device, self.autocast,
+                                    lambda last: micro_step_context(self.wrapped, world, last))
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return world.mean(total / accum, self.device)
+        return loss
 
     def evaluate(self) -> float:
         return evaluate_loss(self.forward, self.val_data, self.cfg.batch_size,

@@ -29,7 +29,7 @@ EXPORT_FILE_TYPES = {"f32": LlamaFileType.ALL_F32, "f16": LlamaFileType.MOSTLY_F
                      "q8_0": LlamaFileType.MOSTLY_Q8_0}
 
 
-def _export_architecture(cfg: ModelConfig) -> str:
+def export_architecture(cfg: ModelConfig) -> str:
     """The llama.cpp architecture that runs this config exactly."""
     arch = _matching_architecture(cfg)
     if arch != "llama" and cfg.rope_kind == "llama3":
@@ -85,7 +85,7 @@ def save_gguf(model: Transformer, tokenizer: Tokenizer, path: str | Path,
         raise CentelhaError(f"GGUF dtype must be one of {', '.join(EXPORT_FILE_TYPES)}, "
                             f"not {dtype!r}")
     cfg = model.cfg
-    arch = _export_architecture(cfg)
+    arch = export_architecture(cfg)
     vocab = export_vocab(tokenizer, cfg.vocab_size)
     tensors = {name: _encode(name, t, dtype) for name, t in tensors_to_gguf(model, arch).items()}
 
