@@ -40,20 +40,26 @@ namespace {
 // Vec: W float32 lanes, for the widest instruction set compiled for (-march=native): AVX-512,
 // AVX2 + FMA, or one plain float. The kernels below are written once against it; lengths that
 // are not a multiple of W finish with plain float loops.
+
+// The lane-wise operations, whose intrinsics differ between AVX-512 and AVX2 only in their
+// width prefix (_mm512_add_ps, _mm256_add_ps): written once, for both widths.
+#define VEC_LANEWISE(P)                                                                   \
+  static Vec load(const float* p) { return {P##_loadu_ps(p)}; }                           \
+  static Vec all(float x) { return {P##_set1_ps(x)}; }                                    \
+  void store(float* p) const { P##_storeu_ps(p, v); }                                     \
+  Vec operator+(Vec o) const { return {P##_add_ps(v, o.v)}; }                             \
+  Vec operator-(Vec o) const { return {P##_sub_ps(v, o.v)}; }                             \
+  Vec operator*(Vec o) const { return {P##_mul_ps(v, o.v)}; }                             \
+  Vec operator/(Vec o) const { return {P##_div_ps(v, o.v)}; }                             \
+  static Vec fma(Vec a, Vec b, Vec c) { return {P##_fmadd_ps(a.v, b.v, c.v)}; }           \
+  static Vec max(Vec a, Vec b) { return {P##_max_ps(a.v, b.v)}; }                         \
+  static Vec min(Vec a, Vec b) { return {P##_min_ps(a.v, b.v)}; }
+
 #if defined(__AVX512F__)
 struct Vec {
   static constexpr int W = 16;
   __m512 v;
-  static Vec load(const float* p) { return {_mm512_loadu_ps(p)}; }
-  static Vec all(float x) { return {_mm512_set1_ps(x)}; }
-  void store(float* p) const { _mm512_storeu_ps(p, v); }
-  Vec operator+(Vec o) const { return {_mm512_add_ps(v, o.v)}; }
-  Vec operator-(Vec o) const { return {_mm512_sub_ps(v, o.v)}; }
-  Vec operator*(Vec o) const { return {_mm512_mul_ps(v, o.v)}; }
-  Vec operator/(Vec o) const { return {_mm512_div_ps(v, o.v)}; }
-  static Vec fma(Vec a, Vec b, Vec c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
-  static Vec max(Vec a, Vec b) { return {_mm512_max_ps(a.v, b.v)}; }
-  static Vec min(Vec a, Vec b) { return {_mm512_min_ps(a.v, b.v)}; }
+  VEC_LANEWISE(_mm512)
   static Vec round(Vec a) { return {_mm512_roundscale_ps(a.v, _MM_FROUND_TO_NEAREST_INT)}; }
   static Vec pow2(Vec y, Vec n) { return {_mm512_scalef_ps(y.v, n.v)}; }  // y · 2^n
   float sum() const { return _mm512_reduce_add_ps(v); }
@@ -62,16 +68,7 @@ struct Vec {
 struct Vec {
   static constexpr int W = 8;
   __m256 v;
-  static Vec load(const float* p) { return {_mm256_loadu_ps(p)}; }
-  static Vec all(float x) { return {_mm256_set1_ps(x)}; }
-  void store(float* p) const { _mm256_storeu_ps(p, v); }
-  Vec operator+(Vec o) const { return {_mm256_add_ps(v, o.v)}; }
-  Vec operator-(Vec o) const { return {_mm256_sub_ps(v, o.v)}; }
-  Vec operator*(Vec o) const { return {_mm256_mul_ps(v, o.v)}; }
-  Vec operator/(Vec o) const { return {_mm256_div_ps(v, o.v)}; }
-  static Vec fma(Vec a, Vec b, Vec c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
-  static Vec max(Vec a, Vec b) { return {_mm256_max_ps(a.v, b.v)}; }
-  static Vec min(Vec a, Vec b) { return {_mm256_min_ps(a.v, b.v)}; }
+  VEC_LANEWISE(_mm256)
   static Vec round(Vec a) { return {_mm256_round_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)}; }
   static Vec pow2(Vec y, Vec n) {  // y · 2^n, n an integer in [-126, 127]: build 2^n's bits
     const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n.v),
