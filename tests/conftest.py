@@ -181,3 +181,26 @@ def tiny_server(tiny_chat_llm):
     server = RunningServer([serve_model(tiny_chat_llm, "tiny", max_batch=8)])
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def base_and_adapter(tmp_path_factory):
+    """A saved tiny base, and an adapter (random B, so it changes the logits) saved beside:
+    (base folder, adapter folder, the model with its adapter)."""
+    from centelha.checkpoint import save_model_files
+    from centelha.lora import apply_lora, lora_layers, save_adapter
+    from centelha.model import Transformer
+    from centelha.tokenizer import train_bpe
+
+    folder = tmp_path_factory.mktemp("adapter")
+    tokenizer = train_bpe(["Era uma vez um rato que roía a roupa do rei de Roma. " * 30],
+                          vocab_size=300)
+    torch.manual_seed(0)
+    model = Transformer(tiny_config("llama", vocab_size=tokenizer.vocab_size, block_size=64))
+    save_model_files(folder / "base", model, tokenizer)
+    apply_lora(model, r=4, alpha=8)
+    torch.manual_seed(1)
+    for _, layer in lora_layers(model):
+        torch.nn.init.normal_(layer.lora_B, std=0.05)
+    save_adapter(model, folder / "lora", base_name=str(folder / "base"))
+    return folder / "base", folder / "lora", model.eval()

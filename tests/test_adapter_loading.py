@@ -9,27 +9,9 @@ from centelha import load
 from centelha.checkpoint import save_model_files
 from centelha.cli import app
 from centelha.errors import CentelhaError
-from centelha.lora import apply_lora, lora_layers, save_adapter
+from centelha.lora import lora_layers
 from centelha.model import Transformer
-from centelha.tokenizer import train_bpe
 from tests.conftest import tiny_config
-
-
-@pytest.fixture(scope="module")
-def base_and_adapter(tmp_path_factory):
-    """A saved tiny base, and an adapter (random B, so it changes the logits) saved beside."""
-    folder = tmp_path_factory.mktemp("adapter")
-    tokenizer = train_bpe(["Era uma vez um rato que roía a roupa do rei de Roma. " * 30],
-                          vocab_size=300)
-    torch.manual_seed(0)
-    model = Transformer(tiny_config("llama", vocab_size=tokenizer.vocab_size, block_size=64))
-    save_model_files(folder / "base", model, tokenizer)
-    apply_lora(model, r=4, alpha=8)
-    torch.manual_seed(1)
-    for _, layer in lora_layers(model):
-        torch.nn.init.normal_(layer.lora_B, std=0.05)
-    save_adapter(model, folder / "lora", base_name=str(folder / "base"))
-    return folder / "base", folder / "lora", model.eval()
 
 
 @torch.no_grad()

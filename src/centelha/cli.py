@@ -300,6 +300,37 @@ def eval_perplexity(
                   f"{result.tokens:,} tokens)")
 
 
+lora_app = typer.Typer(help="LoRA adapters: merge one into its base, or export it.",
+                       no_args_is_help=True)
+app.add_typer(lora_app, name="lora")
+BASE_HELP = "The base model, if not the one the adapter names (it moved)"
+
+
+@lora_app.command("merge")
+def lora_merge(
+    adapter: Path = typer.Argument(..., help="Adapter folder (adapter.json + safetensors)"),
+    out: Path = typer.Option(..., help="Checkpoint folder to write"),
+    base: str = typer.Option(None, help=BASE_HELP),
+) -> None:
+    """Write base + adapter as one plain checkpoint (then convert, quantize or serve it)."""
+    from centelha.lora.runs import merge_adapter
+
+    console.print(f"wrote {merge_adapter(adapter, out, base)}")
+
+
+@lora_app.command("export")
+def lora_export(
+    adapter: Path = typer.Argument(..., help="Adapter folder (adapter.json + safetensors)"),
+    to: str = typer.Option(..., help="peft (a folder for PeftModel) or gguf (llama.cpp --lora)"),
+    out: Path = typer.Option(..., help="Folder (peft) or .gguf file to write"),
+    base: str = typer.Option(None, help=BASE_HELP),
+) -> None:
+    """Export an adapter for PEFT or llama.cpp."""
+    from centelha.lora.runs import export_adapter
+
+    console.print(f"wrote {export_adapter(adapter, to, out, base)}")
+
+
 models_app = typer.Typer(help="The local model registry: names for model files and folders.",
                          no_args_is_help=True)
 app.add_typer(models_app, name="models")
