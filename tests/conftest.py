@@ -141,14 +141,19 @@ def smollm2_llm():
     return load("smollm2-135m-instruct", dtype="fp32")
 
 
+def serving(llm, name: str):
+    """`llm` behind the OpenAI API as `name` (8 rows, no API key), for a fixture to yield."""
+    from centelha.serve.served import serve_model
+
+    server = RunningServer([serve_model(llm, name, max_batch=8)])
+    yield server
+    server.close()
+
+
 @pytest.fixture(scope="session")
 def smollm2_server(smollm2_llm):
     """The bundled SmolLM2 behind the OpenAI API, as `centelha serve` runs it."""
-    from centelha.serve.served import serve_model
-
-    server = RunningServer([serve_model(smollm2_llm, "smollm2-135m-instruct", max_batch=8)])
-    yield server
-    server.close()
+    yield from serving(smollm2_llm, "smollm2-135m-instruct")
 
 
 # -- a tiny random chat model behind the server (protocol tests: milliseconds a request) -----
@@ -176,11 +181,7 @@ def tiny_chat_llm():
 @pytest.fixture(scope="session")
 def tiny_server(tiny_chat_llm):
     """`tiny_chat_llm` behind the OpenAI API as "tiny": 8 rows, no API key."""
-    from centelha.serve.served import serve_model
-
-    server = RunningServer([serve_model(tiny_chat_llm, "tiny", max_batch=8)])
-    yield server
-    server.close()
+    yield from serving(tiny_chat_llm, "tiny")
 
 
 @pytest.fixture(scope="session")

@@ -82,10 +82,10 @@ def load_model(source: str | Path, dtype: str = "fp32", group_size: int = 32,
 
 def with_adapter(model: Transformer, adapter: str | Path) -> Transformer:
     """`model` with the LoRA adapter in `adapter` merged in (refused on another base)."""
-    from centelha.lora import load_adapter, merged_model
+    from centelha.lora import fold_adapters, load_adapter
 
     load_adapter(model, adapter)
-    return merged_model(model)
+    return fold_adapters(model)
 
 
 def cast_floats(model: Transformer, dtype: torch.dtype) -> None:

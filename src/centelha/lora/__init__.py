@@ -35,7 +35,7 @@ from centelha.lora.inject import (
     lora_parameters,
 )
 from centelha.lora.layer import LoRALinear
-from centelha.lora.merge import merge, merged_model, unmerge
+from centelha.lora.merge import fold_adapters, merge, merged_model, unmerge
 from centelha.lora.peft_export import export_peft
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "base_fingerprint",
     "export_gguf_lora",
     "export_peft",
+    "fold_adapters",
     "has_lora",
     "load_adapter",
     "lora_layers",

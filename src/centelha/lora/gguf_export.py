@@ -43,9 +43,8 @@ from centelha.errors import CentelhaError
 from centelha.formats.gguf.export import export_architecture
 from centelha.formats.gguf.names import TABLES
 from centelha.lora.config import LoRAConfig
-from centelha.lora.inject import lora_layers
 from centelha.lora.layer import LoRALinear
-from centelha.lora.peft_export import split_adapter
+from centelha.lora.peft_export import exportable_adapters, split_adapter
 
 DTYPES = {"f32": np.float32, "f16": np.float16}
 LLAMA_FAMILY = ("llama", "qwen2", "qwen3")  # architectures sharing the llama name table
@@ -104,25 +103,12 @@ def _exportable(model: nn.Module) -> tuple[LoRAConfig, ModelConfig, str,
                                            list[tuple[str, LoRALinear]]]:
     """(LoRA config, model config, llama.cpp architecture, adapters) of a model whose
     adapters a GGUF adapter file can hold; anything else is refused in one line."""
-    config, layers = getattr(model, "lora_config", None), list(lora_layers(model))
-    if config is None or not layers:
-        raise CentelhaError("the model has no LoRA adapters to export: run apply_lora or "
-                            "load_adapter first")
-    cfg = getattr(model, "cfg", None)
-    if cfg is None:
-        raise CentelhaError("GGUF LoRA export needs a centelha Transformer (its config "
-                            "names the llama.cpp architecture)")
+    config, cfg, layers = exportable_adapters(
+        model, "GGUF", tied_head="the base file has no output.weight to adapt")
     arch = export_architecture(cfg)  # the base's, exactly as save_gguf picks it
     if arch not in LLAMA_FAMILY:
         raise CentelhaError(f"GGUF LoRA export supports llama-family models "
                             f"({', '.join(LLAMA_FAMILY)}), not {arch}")
-    for name, layer in layers:
-        if layer.merged:
-            raise CentelhaError(f"the model's adapters are merged into its weights ({name}); "
-                                "unmerge(model) before exporting them to GGUF")
-        if cfg.tie_embeddings and name == "lm_head":
-            raise CentelhaError("cannot export a LoRA on a head tied to the token embedding "
-                                "to GGUF: the base file has no output.weight to adapt")
     return config, cfg, arch, layers
 
 

@@ -55,7 +55,12 @@ def unmerge(model: nn.Module) -> int:
 def merged_model(model: nn.Module) -> nn.Module:
     """A copy of `model` whose adapted layers are plain nn.Linear holding base + scale·B·A,
     with no LoRA wrappers and nothing frozen; `model` itself is unchanged."""
-    merged = copy.deepcopy(model)
+    return fold_adapters(copy.deepcopy(model))
+
+
+def fold_adapters(merged: nn.Module) -> nn.Module:
+    """`merged_model` in place: for a model whose unmerged form is not needed again (a
+    model loaded with an adapter), without a second copy of every weight in memory."""
     replaced = list(lora_layers(merged))
     for name, layer in replaced:
         replace_module(merged, name, layer.merged_linear())

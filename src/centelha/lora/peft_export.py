@@ -57,17 +57,11 @@ def export_peft(model: nn.Module, folder: str | Path,
                 base_model_name_or_path: str | None = None) -> Path:
     """Write `model`'s LoRA adapters to `folder` as a PEFT adapter (see the module notes).
     Returns the folder."""
-    config, layers = _adapters(model)
-    cfg = getattr(model, "cfg", None)
-    if cfg is None:
-        raise CentelhaError("PEFT export needs a centelha Transformer (its config names the "
-                            "Hugging Face layout)")
+    config, cfg, layers = exportable_adapters(
+        model, "PEFT", tied_head="merging it there would change the embedding too")
     table = hf_table(cfg)
     tensors, adapted = {}, []
     for name, layer in layers:
-        if cfg.tie_embeddings and name == "lm_head":
-            raise CentelhaError("cannot export a LoRA on a head tied to the token embedding "
-                                "to PEFT: merging it there would change the embedding too")
         for module, (a, b) in split_adapter(table, cfg, name, layer).items():
             tensors[f"{PREFIX}{module}.lora_A.weight"] = a
             tensors[f"{PREFIX}{module}.lora_B.weight"] = b
@@ -83,18 +77,28 @@ def export_peft(model: nn.Module, folder: str | Path,
     return folder
 
 
-def _adapters(model: nn.Module) -> tuple[LoRAConfig, list[tuple[str, LoRALinear]]]:
-    """The model's LoRA config and layers; none, or merged ones, are refused."""
+def exportable_adapters(model: nn.Module, target: str, tied_head: str
+                        ) -> tuple[LoRAConfig, ModelConfig, list[tuple[str, LoRALinear]]]:
+    """(LoRA config, model config, adapters) of a model whose adapters can be exported to
+    `target`; no adapters, merged ones, a model without a config, or a LoRA on a tied head
+    (`tied_head`: why `target` cannot take it) are refused in one line."""
     config, layers = getattr(model, "lora_config", None), list(lora_layers(model))
     if config is None or not layers:
         raise CentelhaError("the model has no LoRA adapters to export: run apply_lora or "
                             "load_adapter first")
+    cfg = getattr(model, "cfg", None)
+    if cfg is None:
+        raise CentelhaError(f"{target} export needs a centelha Transformer (its config "
+                            "names the layout to write)")
     merged = [name for name, layer in layers if layer.merged]
     if merged:
         more = f" and {len(merged) - 1} more" if len(merged) > 1 else ""
         raise CentelhaError(f"the model's adapters are merged into its weights ({merged[0]}"
-                            f"{more}); unmerge(model) before exporting them to PEFT")
-    return config, layers
+                            f"{more}); unmerge(model) before exporting them to {target}")
+    if cfg.tie_embeddings and any(name == "lm_head" for name, _ in layers):
+        raise CentelhaError(f"cannot export a LoRA on a head tied to the token embedding "
+                            f"to {target}: {tied_head}")
+    return config, cfg, layers
 
 
 def hf_table(cfg: ModelConfig) -> Table:
