@@ -90,10 +90,10 @@ def split_sections(text: str, size: int = SECTION_CHARS) -> list[str]:
 
 
 def read_jsonl(path: Path) -> Iterator[str]:
-    for where, record in json_lines(path, read_text(path)):
+    for number, record in json_lines(path, read_text(path)):
         text = record.get("text")
         if not isinstance(text, str):
-            raise CentelhaError(f"{where}: each line needs a string field \"text\"")
+            raise CentelhaError(f"{path}:{number}: each line needs a string field \"text\"")
         yield text
 
 

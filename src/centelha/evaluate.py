@@ -21,10 +21,8 @@ import torch.nn.functional as F
 
 from centelha.errors import CentelhaError
 from centelha.generate import with_bos
-from centelha.model import Transformer
+from centelha.model import IGNORE, Transformer
 from centelha.tokenizer import Tokenizer
-
-IGNORE = -100  # a target the loss skips (cross-entropy's ignore_index)
 
 
 def nll_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

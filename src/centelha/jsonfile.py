@@ -38,8 +38,8 @@ def read_json_object(path: str | Path, missing_ok: bool = False) -> dict[str, An
     return value
 
 
-def json_lines(path: str | Path, text: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """("path:N", object) for each non-blank line of `text`, the contents of `path`."""
+def json_lines(path: str | Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of `text`, the contents of `path`."""
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
@@ -52,4 +52,4 @@ def json_lines(path: str | Path, text: str) -> Iterator[tuple[str, dict[str, Any
             raise CentelhaError(f"{where}: not valid JSON (nested too deeply)") from None
         if not isinstance(record, dict):
             raise CentelhaError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        yield where, record
+        yield number, record

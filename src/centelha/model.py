@@ -31,6 +31,8 @@ from centelha.errors import CentelhaError
 from centelha.runtime import KVCache, Step, inference_kernels, plan
 from centelha.sizes import count_parameters, flops_per_token, matmul_parameters  # noqa: F401 - re-exported
 
+IGNORE = -100  # a target the loss skips: a position that is not scored (ignore_index)
+
 
 # -- norms ----------------------------------------------------------------------------------
 class RMSNorm(nn.Module):
@@ -300,5 +302,5 @@ class Transformer(nn.Module):
         if targets is None:
             return logits
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1),
-                               ignore_index=-100)
+                               ignore_index=IGNORE)
         return logits, loss

@@ -108,8 +108,7 @@ def _decode(path: Path) -> str:
 
 def _jsonl_rows(path: Path, text: str, text_column: str,
                 label_column: str) -> Iterator[tuple[int, str, str]]:
-    for where, record in json_lines(path, text):
-        number = int(where.rpartition(":")[2])
+    for number, record in json_lines(path, text):
         for column in (text_column, label_column):
             if column not in record:
                 raise CentelhaError(f"{path}:{number}: missing column {column!r}")

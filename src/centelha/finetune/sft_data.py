@@ -50,9 +50,8 @@ from centelha.data import read_text
 from centelha.errors import CentelhaError
 from centelha.generate import with_bos
 from centelha.jsonfile import json_lines
+from centelha.model import IGNORE
 from centelha.template import check_messages, encode_chat
-
-IGNORE = -100  # the target of a position that is not scored (F.cross_entropy's ignore_index)
 
 
 @dataclass
@@ -81,7 +80,8 @@ def read_conversations(path: str | Path) -> list[Conversation]:
     if not path.is_file():
         raise CentelhaError(f"file not found: {path}")
     conversations = []
-    for where, record in json_lines(path, read_text(path)):
+    for number, record in json_lines(path, read_text(path)):
+        where = f"{path}:{number}"
         conversations.append(Conversation(_checked_messages(record, where), where))
     if not conversations:
         raise CentelhaError(f"{path}: no conversations (one JSON object a line)")

@@ -20,7 +20,8 @@ from contextlib import AbstractContextManager
 import torch
 
 from centelha.errors import CentelhaError
-from centelha.evaluate import IGNORE, nll_sum
+from centelha.evaluate import nll_sum
+from centelha.model import IGNORE
 from centelha.train.distributed import World
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # ids (B, T) and targets (B, T)
