@@ -69,10 +69,20 @@ def normalize(text: str) -> str:
 
 
 def read_text(path: Path) -> str:
+    """A text file's contents (a byte-order mark dropped), or one line naming the file and,
+    for bytes that are not UTF-8, the line they are on."""
     try:
-        return path.read_text(encoding="utf-8")
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CentelhaError(f"file not found: {path}") from None
+    except OSError as e:
+        raise CentelhaError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise CentelhaError(f"{path} is not UTF-8 text (bad byte at offset {e.start})") from None
+        line = data[:e.start].count(b"\n") + 1
+        raise CentelhaError(f"{path}:{line}: not UTF-8 (byte 0x{data[e.start]:02x}); "
+                            "save the file as UTF-8") from None
 
 
 def split_sections(text: str, size: int = SECTION_CHARS) -> list[str]:

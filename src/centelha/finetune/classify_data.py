@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from centelha.data import read_text
 from centelha.errors import CentelhaError
 from centelha.jsonfile import json_lines
 
@@ -83,27 +84,12 @@ def read_labelled(path: str | Path, text_column: str = "text", label_column: str
     if suffix not in FORMATS:
         raise CentelhaError(f"{path}: labelled data must be {', '.join(FORMATS)}, "
                             f"not {suffix or 'a file without a suffix'}")
-    text = _decode(path)
+    text = read_text(path)
     if suffix == ".jsonl":
         rows = _jsonl_rows(path, text, text_column, label_column)
     else:
         rows = _table_rows(path, text, DELIMITERS[suffix], text_column, label_column, header)
     return _collect(path, rows, label_names)
-
-
-def _decode(path: Path) -> str:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise CentelhaError(f"file not found: {path}") from None
-    except OSError as e:
-        raise CentelhaError(f"cannot read {path}: {e.strerror}") from None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise CentelhaError(f"{path}:{line}: not UTF-8 (byte 0x{data[e.start]:02x}); "
-                            "save the file as UTF-8") from None
 
 
 def _jsonl_rows(path: Path, text: str, text_column: str,
