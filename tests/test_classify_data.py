@@ -225,6 +225,7 @@ def test_a_class_never_predicted_scores_zero_not_nan():
         confusion_matrix([0, 2], [0, 0], 2)
 
 
+@pytest.mark.slow  # importing scikit-learn takes ~2 s
 def test_metrics_agree_with_sklearn():
     metrics = pytest.importorskip("sklearn.metrics")
     rng = random.Random(0)

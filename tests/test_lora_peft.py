@@ -22,9 +22,6 @@ from centelha.model import Transformer
 from centelha.tokenizer import train_bpe
 from tests.conftest import tiny_config
 
-peft = pytest.importorskip("peft")
-transformers = pytest.importorskip("transformers")
-
 LLAMA_TARGETS = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
 # centelha configs, the LoRA options, and the target_modules the export should write
 CASES = {
@@ -89,9 +86,12 @@ def captured_warnings() -> Iterator[list[str]]:
             logger.removeHandler(handler)
 
 
+@pytest.mark.slow  # importing peft alone takes ~4 s: the parity battery, not the fast lane
 @pytest.mark.parametrize("case", list(CASES))
 def test_peft_loads_the_export_with_our_logits_before_and_after_merging(tmp_path, tokenizer,
                                                                         case):
+    peft = pytest.importorskip("peft")
+    transformers = pytest.importorskip("transformers")
     model_overrides, lora, expected_targets = CASES[case]
     base_model, model = adapted_model(tokenizer, model_overrides, lora)
     ids = torch.randint(0, tokenizer.vocab_size, (2, 20),
