@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -205,3 +206,61 @@ def base_and_adapter(tmp_path_factory):
         torch.nn.init.normal_(layer.lora_B, std=0.05)
     save_adapter(model, folder / "lora", base_name=str(folder / "base"))
     return folder / "base", folder / "lora", model.eval()
+
+
+# -- data and a base for the fine-tuning objectives (tests/test_objectives.py, test_finetune_cli.py)
+WORDS = {"bicho": ["rato", "gato", "cão", "pato"], "lugar": ["Roma", "casa", "rua", "rio"]}
+
+
+@pytest.fixture(scope="session")
+def chat_base(tiny_chat_llm, tmp_path_factory) -> Path:
+    """The tiny chat model saved as a base, its LM head scaled up: with a random head
+    of std 0.02 and a frozen final norm, logits cannot move far enough for adapters on
+    the blocks to lower the loss much, which real models' heads allow."""
+    import copy
+
+    from centelha.checkpoint import save_model_files
+
+    model = copy.deepcopy(tiny_chat_llm.model)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(25)
+    folder = tmp_path_factory.mktemp("objectives") / "base"
+    save_model_files(folder, model, tiny_chat_llm.tokenizer)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def labelled(tmp_path_factory) -> Path:
+    """Texts whose label is the kind of their one content word."""
+    path = tmp_path_factory.mktemp("labelled") / "texts.tsv"
+    lines = ["text\tlabel"]
+    for n in range(120):
+        label = "bicho" if n % 3 else "lugar"  # imbalanced, 2:1
+        word = WORDS[label][n % 4]
+        lines.append(f"vi o {word} ontem ({n})\t{label}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def conversation(question: str, answer: str) -> dict:
+    return {"messages": [{"role": "user", "content": question},
+                         {"role": "assistant", "content": answer}]}
+
+
+@pytest.fixture(scope="session")
+def conversations(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("sft") / "train.jsonl"
+    rows = [conversation(f"Repita: {w}", w) for w in ["sim", "não", "rato", "Roma"] * 10]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                    encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def pairs(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("dpo") / "pairs.jsonl"
+    rows = [{"prompt": f"Diga {w}", "chosen": w, "rejected": f"Claro! A resposta é: {w}"}
+            for w in ["sim", "não", "rato", "Roma", "casa", "rio"] * 4]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                    encoding="utf-8")
+    return path

@@ -9,6 +9,7 @@ import torch
 from centelha.errors import CentelhaError
 from centelha.evaluate import IGNORE, nll_sum
 from centelha.model import Transformer
+from centelha.objectives.language import LanguageModelling
 from centelha.train.accumulate import accumulate_gradients
 from centelha.train.distributed import World
 from tests.conftest import tiny_config
@@ -30,12 +31,17 @@ def masked_batches(vocab: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(x1, y1), (x2, y2)]
 
 
+def as_dicts(batches):
+    return [{"ids": x, "targets": y} for x, y in batches]
+
+
 def test_uneven_masks_give_the_gradient_of_one_big_batch():
     torch.manual_seed(0)
     model = Transformer(tiny_config("llama", vocab_size=64, block_size=16))
     batches = masked_batches(64)
     nothing = lambda *_: contextlib.nullcontext()  # noqa: E731
-    loss = accumulate_gradients(model, batches, World(), torch.device("cpu"), nothing, nothing)
+    loss = accumulate_gradients(LanguageModelling(), model, as_dicts(batches), World(),
+                                torch.device("cpu"), nothing, nothing)
     accumulated = grads(model)
 
     x, y = (torch.cat(parts) for parts in zip(*batches, strict=True))
@@ -55,6 +61,7 @@ def test_a_step_with_nothing_scored_is_refused():
     model = Transformer(tiny_config("llama", vocab_size=64, block_size=16))
     x = torch.zeros(1, 4, dtype=torch.long)
     nothing = lambda *_: contextlib.nullcontext()  # noqa: E731
-    with pytest.raises(CentelhaError, match="no target"):
-        accumulate_gradients(model, [(x, torch.full_like(x, IGNORE))], World(),
+    with pytest.raises(CentelhaError, match="nothing in this step"):
+        accumulate_gradients(LanguageModelling(), model,
+                             as_dicts([(x, torch.full_like(x, IGNORE))]), World(),
                              torch.device("cpu"), nothing, nothing)

@@ -96,6 +96,14 @@ def load(source: str | Path = "smollm2-135m-instruct", dtype: str = "fp32",
          max_context: int = DEFAULT_CONTEXT, adapter: str | Path | None = None) -> LLM:
     """A model by registry name, checkpoint folder, Hugging Face folder or GGUF path;
     `dtype`: fp32, bf16, fp16, int8, int4 or native (see `load_model`); `adapter`: a LoRA
-    adapter folder trained on that model, merged into its weights."""
+    adapter folder trained on that model, merged into its weights.
+
+    A fine-tune's run folder loads too: an adapter run on the base it names, a full
+    fine-tune as the checkpoint it is, and a classifier run as a `Classifier`
+    (`.predict(text)` → label and probabilities)."""
+    from centelha.objectives.classifier import is_classifier_run, load_classifier
+
+    if is_classifier_run(source):
+        return load_classifier(source)
     model, tokenizer, info = load_model(source, dtype, adapter=adapter)
     return LLM(model, tokenizer, name=str(source), info=info, max_context=max_context)

@@ -9,6 +9,7 @@ way. No torch here: the registry and the exporters use it without loading a mode
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -49,3 +50,16 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def link_into_place(path: Path, source: Path) -> None:
+    """Put `source`'s bytes at `path` atomically: a hard link where the file system allows
+    it (no second write of a large file), else a copy."""
+    def link_or_copy(tmp: Path) -> None:
+        tmp.unlink()
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+
+    atomic_write(path, link_or_copy)

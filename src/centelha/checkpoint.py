@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from centelha.atomic import atomic_write, atomic_write_text, fsync_dir, fsync_file
+from centelha.atomic import (
+    atomic_write,
+    atomic_write_text,
+    fsync_dir,
+    fsync_file,
+    link_into_place,
+)
 from centelha.config import ModelConfig
 from centelha.errors import CentelhaError
 from centelha.model import Transformer, matmul_parameters
@@ -196,13 +203,15 @@ def save_training_state(run_dir: str | Path, step: int, model: Transformer,
                         optimizer: torch.optim.Optimizer | dict | None, tokenizer: Tokenizer,
                         tensors: dict[str, torch.Tensor], info: dict, keep: int = 1,
                         weights: dict[str, torch.Tensor] | None = None,
-                        sharded: Path | None = None) -> Path:
+                        sharded: Path | None = None,
+                        publish: Callable[[Path, Path], None] | None = None) -> Path:
     """Write state/step_NNNNNNN atomically, publish the model files, drop older states.
 
     `weights` replaces the model's own tensors (a sharded model's, gathered), `optimizer`
     may be an optimizer, its state dict, or None when `sharded` holds it: a folder written
     by torch.distributed.checkpoint, moved into the state as `sharded/` before the rename
-    that makes the state exist."""
+    that makes the state exist. `publish(run_dir, state weights file)` writes what users
+    load (default: the model's checkpoint files; a fine-tune writes its adapter)."""
     run_dir = Path(run_dir)
     root = run_dir / STATE_DIR
     root.mkdir(parents=True, exist_ok=True)
@@ -224,7 +233,10 @@ def save_training_state(run_dir: str | Path, step: int, model: Transformer,
     fsync_dir(tmp)
     final = root / f"step_{step:07d}"
     _move_into_place(tmp, final)
-    publish_model(run_dir, final / "model.safetensors", model, tokenizer)
+    if publish is None:
+        publish_model(run_dir, final / "model.safetensors", model, tokenizer)
+    else:
+        publish(run_dir, final / "model.safetensors")
     for old in state_dirs(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -252,15 +264,7 @@ def publish_model(run_dir: Path, weights: Path, model: Transformer, tokenizer: T
     """Put the checkpoint files at the top of the run dir, each replaced atomically."""
     atomic_write_text(run_dir / "config.json", json.dumps(model.cfg.to_dict(), indent=2) + "\n")
     write_tokenizer(run_dir, tokenizer)
-
-    def link_or_copy(tmp: Path) -> None:
-        tmp.unlink()
-        try:
-            os.link(weights, tmp)
-        except OSError:
-            shutil.copyfile(weights, tmp)
-
-    atomic_write(run_dir / "model.safetensors", link_or_copy)
+    link_into_place(run_dir / "model.safetensors", weights)
 
 
 def load_training_state(state_dir: Path) -> tuple[dict[str, torch.Tensor], dict | None, dict]:

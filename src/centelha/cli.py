@@ -55,18 +55,6 @@ def prepare(
                   f"{meta['unigram_val_loss']:.3f} nats/token")
 
 
-def _parse_sets(values: list[str]) -> dict:
-    from centelha.train.config import parse_value
-
-    overrides = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise CentelhaError(f"--set needs KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = parse_value(value)
-    return overrides
-
-
 @app.command()
 def train(
     config: str = typer.Option(None, help="YAML config file (or a bundled name: tiny)"),
@@ -90,6 +78,7 @@ def train(
 
     from centelha.train import load_run_config
     from centelha.train import train as run_training
+    from centelha.train.config import parse_sets
 
     if os.environ.get("RANK", "0") != "0":
         console.quiet = True  # one voice: rank 0's
@@ -99,7 +88,7 @@ def train(
     else:
         if config is None or data is None or out is None:
             raise CentelhaError("train needs --config, --data and --out (or --resume RUN_DIR)")
-        overrides = _parse_sets(set_)
+        overrides = parse_sets(set_)
         flags = {"max_steps": max_steps, "batch_size": batch_size, "lr": lr, "device": device,
                  "compile": compile}
         overrides.update({f"train.{k}": v for k, v in flags.items() if v is not None})
@@ -274,7 +263,8 @@ def quantize(
     console.print(f"wrote {out} ({to}, {_human_size(size)})")
 
 
-eval_app = typer.Typer(help="Measure a model: perplexity on a text.", no_args_is_help=True)
+eval_app = typer.Typer(help="Measure a model: perplexity on a text, a classifier on "
+                       "labelled texts.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 
 
@@ -394,7 +384,8 @@ def models_rm(name: str) -> None:
 
 @app.command("config")
 def config_fields(
-    section: str = typer.Argument(..., help="model or train (YAML sections), or sampling"),
+    section: str = typer.Argument(..., help="model, train or objective (YAML sections), "
+                                  "or sampling"),
 ) -> None:
     """The keys of a config section, their defaults and what they mean."""
     from centelha.fielddocs import section_docs
@@ -432,6 +423,11 @@ def quickstart(
     from centelha.quickstart import run_quickstart
 
     run_quickstart(workdir, console, max_steps=max_steps)
+
+
+from centelha import cli_finetune  # noqa: E402 - its commands need `app` and `eval_app`
+
+cli_finetune.register(app, eval_app)
 
 
 def main() -> None:

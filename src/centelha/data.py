@@ -192,8 +192,11 @@ class PreparedData:
 
 def prepare(inputs: list[str | Path], out: str | Path, vocab_size: int = 4096,
             kind: str = "bpe", val_fraction: float = 0.05, redact_personal: bool = False,
-            seed: int = 0, show_progress: bool = True) -> PreparedData:
-    """Corpus files → `out/` with tokenizer.json, train/val shards and meta.json."""
+            seed: int = 0, show_progress: bool = True,
+            tokenizer: Tokenizer | None = None) -> PreparedData:
+    """Corpus files → `out/` with tokenizer.json, train/val shards and meta.json.
+    `tokenizer`: use this one (a model's, for continued pretraining) instead of training
+    a new one."""
     if kind not in ("bpe", "char"):
         raise CentelhaError(f"tokenizer kind must be 'bpe' or 'char', not {kind!r}")
     files = find_files(inputs)
@@ -201,9 +204,9 @@ def prepare(inputs: list[str | Path], out: str | Path, vocab_size: int = 4096,
     train_docs, val_docs = split_train_val(documents, val_fraction, seed)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if kind == "bpe":
+    if tokenizer is None and kind == "bpe":
         tokenizer = train_bpe(train_docs, vocab_size)
-    else:
+    elif tokenizer is None:
         tokenizer = train_char(train_docs, max_chars=vocab_size - 257)
     tokenizer.save(out)
     with Progress(disable=not show_progress, transient=True) as progress:

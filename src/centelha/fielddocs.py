@@ -68,11 +68,13 @@ def help_for(section: str, name: str) -> str:
 
 SECTIONS = {"model": ("centelha.config", "ModelConfig"),
             "train": ("centelha.train.config", "TrainConfig"),
+            "objective": ("centelha.objectives.config", "ObjectiveConfig"),
             "sampling": ("centelha.sampling", "SamplingConfig")}
 
 
 def section_docs(section: str) -> list[FieldDoc]:
-    """The fields of a config section: `model` and `train` (YAML), `sampling` (generation)."""
+    """The fields of a config section: `model`, `train` and `objective` (YAML), `sampling`
+    (generation)."""
     if section not in SECTIONS:
         raise CentelhaError(f"no config section {section!r} (sections: {', '.join(SECTIONS)})")
     return list(field_docs(*SECTIONS[section]).values())

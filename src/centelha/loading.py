@@ -47,7 +47,18 @@ def load_model(source: str | Path, dtype: str = "fp32", group_size: int = 32,
         raise CentelhaError("an adapter is merged into float weights, so it cannot be used "
                             "with --dtype native; use int4, int8 or a float dtype")
     path = resolve(source)
-    if path.is_file():
+    if (path / "classifier.json").is_file():
+        raise CentelhaError(f"{path} is a classifier, not a language model: use "
+                            "`centelha predict` (or centelha.load, which returns a Classifier)")
+    if is_adapter_run(path):
+        # an adapter run stands for its base with its adapter merged (recursively: DPO
+        # on top of an SFT adapter loads the SFT run first)
+        from centelha.lora.adapter_file import CONFIG_FILE, read_description
+
+        model, tokenizer, base_info = load_model(read_description(path / CONFIG_FILE)["base"])
+        model = with_adapter(model, path)
+        info = {**base_info, "adapter": str(path)}
+    elif path.is_file():
         if path.suffix.lower() != ".gguf":
             raise CentelhaError(f"{path}: a model is a .gguf file or a folder "
                                 "(centelha checkpoint or Hugging Face)")
@@ -67,6 +78,9 @@ def load_model(source: str | Path, dtype: str = "fp32", group_size: int = 32,
             model, tokenizer = load_checkpoint(path)
             info = {"format": "centelha"}
     info["path"] = str(path)
+    if is_adapter_run(path) and dtype == "native":
+        raise CentelhaError(f"{path} is an adapter, merged into float weights, so it cannot be "
+                            "loaded with --dtype native; use int4, int8 or a float dtype")
     if adapter is not None:
         model = with_adapter(model, adapter)
         info["adapter"] = str(adapter)
@@ -78,6 +92,12 @@ def load_model(source: str | Path, dtype: str = "fp32", group_size: int = 32,
     if is_quantized(model):
         info["quantization"] = quantization or dtype
     return model.eval(), tokenizer, info
+
+
+def is_adapter_run(path: Path) -> bool:
+    """A folder holding only an adapter (a LoRA fine-tune), not a whole model."""
+    return path.is_dir() and (path / "adapter.json").is_file() \
+        and not (path / "config.json").is_file()
 
 
 def with_adapter(model: Transformer, adapter: str | Path) -> Transformer:

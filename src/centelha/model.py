@@ -276,28 +276,44 @@ class Transformer(nn.Module):
         return KVCache(self.cfg, batch, min(max_len, self.cfg.block_size), dtype or p.dtype,
                        p.device)
 
+    def trunk(self, idx: torch.Tensor, step: Step) -> torch.Tensor:
+        """The residual stream after the last block (B, T, d_model), before the final norm."""
+        x = self.tok_emb(idx)
+        if self.cfg.pos == "learned":
+            x = x + self.pos_emb(step.position_ids(idx.shape[1], idx.device))
+        x = self.dropout(x)
+        for block in self.blocks:
+            x = block(x, step)
+        return x
+
+    def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
+        """The final norm's output for `idx` (B, T, d_model), no cache: the features a
+        classification head reads in place of the LM head."""
+        B, T = idx.shape
+        return self.norm_f(self.trunk(idx, plan(self, B, T, None, None, idx.device)))
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 cache: KVCache | None = None, last_only: bool = False,
-                rows: slice | None = None):
+                rows: slice | None = None, at: torch.Tensor | None = None):
         """Logits (B, T, vocab) for token ids `idx` (B, T); with `targets` (B, T, -100 = not
         scored), the pair (logits, mean cross-entropy).
 
         With a `cache`, `idx` continues the sequences in cache rows `rows` (default: all
         of them, B rows from the first), each from its own length, and those rows grow
-        by T. `last_only` computes logits for the final position only (generation).
+        by T. `last_only` computes logits for the final position only (generation), `at`
+        (a (B, T) bool mask) only where it is set, as (N, vocab) in row order: fine-tuning
+        scores a fraction of the positions, and the LM head is a fifth of a small
+        model's work.
         """
         B, T = idx.shape
         step = plan(self, B, T, cache, rows, idx.device)
-        x = self.tok_emb(idx)
-        if self.cfg.pos == "learned":
-            x = x + self.pos_emb(step.position_ids(T, idx.device))
-        x = self.dropout(x)
-        for block in self.blocks:
-            x = block(x, step)
+        x = self.trunk(idx, step)
         if cache is not None:
             cache.advance(step.rows, T)
         if last_only:
             x = x[:, -1:]
+        if at is not None:
+            x = x[at]
         logits = self.lm_head(self.norm_f(x))
         if targets is None:
             return logits

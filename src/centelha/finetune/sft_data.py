@@ -82,13 +82,13 @@ def read_conversations(path: str | Path) -> list[Conversation]:
     conversations = []
     for number, record in json_lines(path, read_text(path)):
         where = f"{path}:{number}"
-        conversations.append(Conversation(_checked_messages(record, where), where))
+        conversations.append(Conversation(checked_messages(record, where), where))
     if not conversations:
         raise CentelhaError(f"{path}: no conversations (one JSON object a line)")
     return conversations
 
 
-def _checked_messages(record: dict, where: str) -> list[dict]:
+def checked_messages(record: dict, where: str) -> list[dict]:
     messages = record.get("messages")
     if not isinstance(messages, list) or not messages:
         raise CentelhaError(f"{where}: each line needs a non-empty list \"messages\"")

@@ -1,7 +1,10 @@
 """`TrainConfig` and `RunConfig`: what a training run does, read from YAML and flags.
 
-A YAML file has two sections, `model:` (a `ModelConfig`; `vocab_size` may be left out
-and is then taken from the prepared data's tokenizer) and `train:` (a `TrainConfig`).
+A YAML file has up to four sections: `model:` (a `ModelConfig`; `vocab_size` may be left
+out and is then taken from the prepared data's tokenizer; empty when `train.init_from`
+names a model), `train:` (a `TrainConfig`), `objective:` (an `ObjectiveConfig`: what is
+learned, pretraining by default) and `lora:` (rank, alpha, dropout, targets, rslora, for
+`objective.scope: lora`).
 Flags override single values with dotted keys (`--set train.lr=3e-4`). Every key is
 checked: a typo is an error that names the known keys, not a silently ignored setting,
 and every value is checked for its kind and range (`TrainConfig` here, `ModelConfig` for
@@ -21,10 +24,13 @@ import yaml
 
 from centelha.errors import CentelhaError
 from centelha.kinds import is_integer, is_number
+from centelha.objectives.config import ObjectiveConfig
+from centelha.objectives.start import lora_config
 from centelha.precision import PRECISIONS
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 _CUDA_INDEX = re.compile(r"cuda:[0-9]+")
+SECTIONS = ("model", "train", "objective", "lora")
 SEED_LIMIT = 2**64 - 1  # torch seeds are unsigned 64-bit; the data sampler gets seed + 1
 
 
@@ -74,6 +80,9 @@ class TrainConfig:
     """auto, fp32 or bf16 (autocast): auto takes bf16 on a GPU or a CPU with AMX, else fp32."""
     threads: int | None = None
     """CPU threads for PyTorch (≥ 1); null: PyTorch's default."""
+    init_from: str | None = None
+    """Start from this model's weights and tokenizer (a registry name, a checkpoint or
+    Hugging Face folder, a GGUF file, an earlier fine-tune); null: random weights."""
 
     def __post_init__(self) -> None:
         self._check_counts()
@@ -83,6 +92,9 @@ class TrainConfig:
         _require("compile", self.compile, isinstance(self.compile, bool), "true or false")
         _require("precision", self.precision, self.precision in PRECISIONS,
                  f"one of {', '.join(PRECISIONS)}")
+        _require("init_from", self.init_from, self.init_from is None
+                 or (isinstance(self.init_from, str) and self.init_from),
+                 "a model name or path, or null")
         if self.min_lr is None:
             self.min_lr = self.lr / 10
         if self.decay_steps is None:
@@ -139,9 +151,15 @@ def _shown(value: Any) -> str:
 class RunConfig:
     model: dict[str, Any] = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    lora: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": dict(self.model), "train": dataclasses.asdict(self.train)}
+        values = {"model": dict(self.model), "train": dataclasses.asdict(self.train),
+                  "objective": self.objective.to_dict()}
+        if self.lora is not None:
+            values["lora"] = dict(self.lora)
+        return values
 
 
 def _check_keys(section: str, values: dict, known: set[str]) -> None:
@@ -166,6 +184,17 @@ _Loader.add_implicit_resolver(
 def parse_value(text: str) -> Any:
     """A flag's value as YAML reads it: 3e-4 → float, true → bool, 12 → int."""
     return yaml.load(text, Loader=_Loader) if text.strip() else text  # a SafeLoader
+
+
+def parse_sets(values: list[str]) -> dict[str, Any]:
+    """`--set KEY=VALUE` flags as dotted overrides, each value read as YAML."""
+    overrides = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CentelhaError(f"--set needs KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = parse_value(value)
+    return overrides
 
 
 def bundled_config(name: str) -> Path | None:
@@ -199,14 +228,22 @@ def load_run_config(path: str | Path | None = None, overrides: dict[str, Any] | 
     values = _sections(values or {})
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.partition(".")
-        if section not in ("model", "train") or not key:
-            raise CentelhaError(f"override {dotted!r} must look like train.KEY or model.KEY")
+        if section not in SECTIONS or not key:
+            raise CentelhaError(f"override {dotted!r} must look like train.KEY, model.KEY, "
+                                "objective.KEY or lora.KEY")
         values.setdefault(section, {})[key] = value
     train_values = values.get("train", {})
     _check_keys("train", train_values, {f.name for f in dataclasses.fields(TrainConfig)})
     model_values = values.get("model", {})
     check_model_section(model_values)
-    return RunConfig(model=model_values, train=TrainConfig(**train_values))
+    objective_values = values.get("objective", {})
+    _check_keys("objective", objective_values,
+                {f.name for f in dataclasses.fields(ObjectiveConfig)})
+    lora = values.get("lora")
+    if lora is not None:
+        lora_config(lora)  # checked now, applied when the run starts
+    return RunConfig(model=model_values, train=TrainConfig(**train_values),
+                     objective=ObjectiveConfig(**objective_values), lora=lora)
 
 
 def _sections(values: Any) -> dict[str, dict]:
@@ -214,7 +251,7 @@ def _sections(values: Any) -> dict[str, dict]:
     if not isinstance(values, dict):
         raise CentelhaError(f"a config must be a mapping with 'model' and 'train' sections, "
                             f"not {_shown(values)}")
-    _check_keys("config", values, {"model", "train"})
+    _check_keys("config", values, set(SECTIONS))
     for name, section in values.items():
         if section is not None and not isinstance(section, dict):
             raise CentelhaError(f"config section '{name}' must be a mapping of keys to values, "

@@ -116,7 +116,9 @@ def wrap(model: nn.Module, world: World, device: torch.device) -> nn.Module:
 
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
         if device.type == "cuda" else MixedPrecisionPolicy()
-    for block in model.blocks:
+    from centelha.model import Block
+
+    for block in [m for m in model.modules() if isinstance(m, Block)]:
         fully_shard(block, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
     return model
@@ -167,12 +169,17 @@ def full_weights(model: nn.Module, world: World) -> dict[str, torch.Tensor]:
 
 
 def load_full(model: nn.Module, optimizer: torch.optim.Optimizer, world: World,
-              weights: dict[str, torch.Tensor], optim_state: dict, names: list[str]) -> None:
+              weights: dict[str, torch.Tensor], optim_state: dict, names: list[str],
+              strict: bool = True) -> None:
     """Load a full (unsharded) state: `optim_state` as `optimizer.state_dict()` of one
-    process, its parameters numbered in the order of `names`."""
+    process, its parameters numbered in the order of `names`. `strict=False`: `weights`
+    holds only the trainable tensors (a frozen base), each of which must exist."""
     if not world.sharded:
         inner = model.module if hasattr(model, "module") else model
-        inner.load_state_dict(weights)
+        unexpected = inner.load_state_dict(weights, strict=strict).unexpected_keys
+        if unexpected:
+            raise CentelhaError(f"the saved state holds {unexpected[0]}, which this model "
+                                "does not have")
         optimizer.load_state_dict(optim_state)
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
@@ -181,4 +188,4 @@ def load_full(model: nn.Module, optimizer: torch.optim.Optimizer, world: World,
                "param_groups": [{**g, "params": [names[int(i)] for i in g["params"]]}
                                 for g in optim_state["param_groups"]]}
     set_state_dict(model, optimizer, model_state_dict=weights, optim_state_dict=by_name,
-                   options=StateDictOptions(full_state_dict=True))
+                   options=StateDictOptions(full_state_dict=True, strict=strict))

@@ -21,7 +21,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -36,13 +36,11 @@ from centelha.checkpoint import (
     load_training_state,
     save_training_state,
 )
-from centelha.config import ModelConfig
-from centelha.data import TokenWindows, load_meta
 from centelha.errors import CentelhaError
-from centelha.evaluate import summed_nll
-from centelha.model import Transformer, count_parameters, flops_per_token
+from centelha.model import count_parameters, flops_per_token
+from centelha.objectives import make_objective
+from centelha.objectives.start import trainable_count
 from centelha.precision import autocast, resolve_precision
-from centelha.tokenizer import Tokenizer
 from centelha.train.accumulate import accumulate_gradients
 from centelha.train.config import RunConfig, load_run_config
 from centelha.train.distributed import (
@@ -57,7 +55,7 @@ from centelha.train.distributed import (
     wrap,
 )
 from centelha.train.optim import learning_rate, make_optimizer, param_names
-from centelha.train.plot import plot_loss
+from centelha.train.plot import plot_loss, plot_metrics
 
 RUN_FILE = "run.yaml"
 LOG_FILE = "log.jsonl"
@@ -72,6 +70,8 @@ class TrainResult:
     tokens: int
     seconds: float
     params: int
+    metrics: dict = field(default_factory=dict)  # the last evaluation's measures
+    trainable: int = 0  # parameters that trained
 
     @property
     def val_perplexity(self) -> float | None:
@@ -92,31 +92,6 @@ def pick_device(name: str) -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise CentelhaError("train.device is 'mps' but no Apple GPU (MPS) is available")
     return device
-
-
-@torch.no_grad()
-def evaluate_loss(model: torch.nn.Module, windows: TokenWindows, batch_size: int,
-                  max_batches: int, device: torch.device, autocast,
-                  world: World | None = None) -> float:
-    """Mean next-token cross-entropy over the first `max_batches` batches of val windows
-    (`evaluate.summed_nll`, the measure perplexity uses).
-    In a world of N ranks a batch is N × batch_size windows, each rank scoring its share."""
-    world = world or World()
-    was_training = model.training
-    model.eval()
-    totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, token count
-    for x, y in windows.sequential(batch_size * world.size, max_batches):
-        if world.distributed and len(y) < batch_size * world.size:
-            break  # a short last batch would leave some rank with nothing to score
-        rows = world.rows(batch_size) if world.distributed else slice(None)
-        x, y = x[rows], y[rows]
-        with autocast():
-            nll, scored = summed_nll(model, x.to(device), y.to(device))
-        totals += torch.tensor([nll, scored], dtype=torch.float64, device=device)
-    if world.distributed:
-        torch.distributed.all_reduce(totals)
-    model.train(was_training)
-    return float(totals[0] / totals[1].clamp(min=1))
 
 
 def read_log(path: Path, up_to_step: int | None = None) -> list[dict]:
@@ -148,20 +123,13 @@ def peak_flops(device: torch.device) -> float | None:
 class Run:
     """Everything one training run holds: model, optimizer, data, RNG, log."""
 
-    def __init__(self, run_cfg: RunConfig, data_dir: Path, run_dir: Path,
+    def __init__(self, run_cfg: RunConfig, data: Path, run_dir: Path,
                  world: World | None = None):
         self.world = world = world or World()
         self.cfg = run_cfg.train
         self.run_cfg = run_cfg
-        self.data_dir = data_dir
+        self.data = data
         self.run_dir = run_dir
-        self.meta = load_meta(data_dir)
-        self.tokenizer = Tokenizer.load(data_dir / "tokenizer.json")
-        model_values = {"vocab_size": self.tokenizer.vocab_size, **run_cfg.model}
-        self.model_cfg = ModelConfig.from_dict(model_values)
-        if self.model_cfg.vocab_size < self.tokenizer.vocab_size:
-            raise CentelhaError(f"model.vocab_size ({self.model_cfg.vocab_size}) is smaller than "
-                                f"the tokenizer's ({self.tokenizer.vocab_size})")
         self.device = pick_device(self.cfg.device)
         if self.device.type == "cuda":
             if world.distributed:
@@ -173,14 +141,15 @@ class Run:
         self.precision, self.precision_reason = resolve_precision(self.cfg.precision,
                                                                   self.device)
         torch.manual_seed(self.cfg.seed)
-        self.model = Transformer(self.model_cfg).to(self.device)
+        self.sampler = torch.Generator().manual_seed(self.cfg.seed + 1)
+        self.objective = make_objective(run_cfg, data, self.sampler)
+        self.tokenizer = self.objective.tokenizer
+        self.model_cfg = self.objective.body.cfg
+        self.model = self.objective.model.to(self.device)
         self.param_names = param_names(self.model)
         self.wrapped = wrap(self.model, world, self.device)  # DDP, FSDP, or the model itself
-        self.train_data = TokenWindows(data_dir, "train", self.model_cfg.block_size)
-        self.val_data = TokenWindows(data_dir, "val", self.model_cfg.block_size)
         self.optimizer = make_optimizer(self.model, self.cfg, self.device,
                                         fused=not world.sharded)
-        self.sampler = torch.Generator().manual_seed(self.cfg.seed + 1)
         self.step = 0
         self.forward = torch.compile(self.wrapped) if self.cfg.compile else self.wrapped
         self.log_path = run_dir / LOG_FILE
@@ -193,14 +162,18 @@ class Run:
     def save(self) -> None:
         """Write the training state (every rank takes part; rank 0 writes the files)."""
         world = self.world
-        tensors = {"rng.torch": torch.get_rng_state(), "rng.sampler": self.sampler.get_state()}
+        tensors = {"rng.torch": torch.get_rng_state(), "rng.sampler": self.sampler.get_state(),
+                   **self.objective.position()}
         if self.device.type == "cuda":
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
-        info = {"data_dir": str(self.data_dir), "world_size": world.size,
+        info = {"data": str(self.data), "world_size": world.size,
                 "batch_size": self.cfg.batch_size,
                 "strategy": world.strategy if world.distributed else "single"}
+        body, publish = self.objective.body, self.objective.publish
         if world.sharded:
             weights = full_weights(self.wrapped, world)  # the single-file model, gathered
+            if self.objective.frozen_base:
+                weights = {k: v for k, v in weights.items() if k in self.trainable_names()}
             shards = self.run_dir / STATE_DIR / f".tmp-sharded-{self.step:07d}"
             if world.main:
                 shutil.rmtree(shards, ignore_errors=True)
@@ -209,11 +182,13 @@ class Run:
             save_sharded(self.wrapped, self.optimizer, shards)
             world.barrier()
             if world.main:
-                save_training_state(self.run_dir, self.step, self.model, None, self.tokenizer,
-                                    tensors, info, weights=weights, sharded=shards)
+                save_training_state(self.run_dir, self.step, body, None, self.tokenizer,
+                                    tensors, info, weights=weights, sharded=shards,
+                                    publish=publish)
         elif world.main:
-            save_training_state(self.run_dir, self.step, self.model, self.optimizer,
-                                self.tokenizer, tensors, info)
+            save_training_state(self.run_dir, self.step, body, self.optimizer,
+                                self.tokenizer, tensors, info,
+                                weights=self.objective.state_tensors(), publish=publish)
         world.barrier()
 
     def restore(self, state_dir: Path) -> None:
@@ -222,16 +197,21 @@ class Run:
         if info["sharded"] is not None:
             load_sharded(self.wrapped, self.optimizer, info["sharded"])
         else:
-            if self.model_cfg.tie_embeddings:
-                weights["lm_head.weight"] = weights["tok_emb.weight"]
+            partial = self.objective.frozen_base
+            if not partial and self.model_cfg.tie_embeddings:
+                for name in self.model.state_dict():
+                    if name.endswith("lm_head.weight") and name not in weights:
+                        weights[name] = weights[name.removesuffix("lm_head.weight")
+                                                + "tok_emb.weight"]
             load_full(self.wrapped, self.optimizer, self.world, weights, optimizer,
-                      self.param_names)
+                      self.param_names, strict=not partial)
         self.step = info["step"]
         self.keep_global_batch(info.get("batch_size", self.cfg.batch_size),
                                info.get("world_size", 1))
         tensors = info["tensors"]
         torch.set_rng_state(tensors["rng.torch"])
         self.sampler.set_state(tensors["rng.sampler"])
+        self.objective.set_position(tensors)
         if "rng.cuda" in tensors and self.device.type == "cuda":
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
         if self.world.main:
@@ -248,32 +228,44 @@ class Run:
                                 f"micro-step cannot be split over {self.world.size} ranks")
         self.cfg.batch_size = sequences // self.world.size
 
+    def trainable_names(self) -> set[str]:
+        return {n for n, p in self.model.named_parameters() if p.requires_grad}
+
     def log(self, row: dict) -> None:
         with open(self.log_path, "a") as f:
             f.write(json.dumps(row) + "\n")
 
     # -- one optimizer step -------------------------------------------------------------
-    def train_step(self) -> float:
+    def train_step(self) -> tuple[float, int]:
+        """One optimizer step; (its mean loss, the tokens it fed the model on all ranks)."""
         lr = learning_rate(self.step, self.cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         world = self.world
-        # every rank draws each global micro-batch and reads its own rows of it
-        batches = [self.train_data.sample(self.cfg.batch_size * world.size, self.sampler,
-                                          world.rows(self.cfg.batch_size))
+        # every rank draws each global micro-batch and keeps its own rows of it
+        batches = [self.objective.draw(self.cfg.batch_size * world.size,
+                                       world.rows(self.cfg.batch_size))
                    for _ in range(self.cfg.grad_accum)]
-        loss = accumulate_gradients(self.forward, batches, world, self.device, self.autocast,
+        loss = accumulate_gradients(self.objective, self.forward, batches, world, self.device,
+                                    self.autocast,
                                     lambda last: micro_step_context(self.wrapped, world, last))
         if self.cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(
+                [p for p in self.model.parameters() if p.requires_grad], self.cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return loss
+        tokens = sum(self.objective.tokens(b) for b in batches)
+        return loss, int(world.sum(tokens, self.device))
 
-    def evaluate(self) -> float:
-        return evaluate_loss(self.forward, self.val_data, self.cfg.batch_size,
-                             self.cfg.eval_batches, self.device, self.autocast, self.world)
+    def evaluate(self) -> dict[str, float]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return self.objective.evaluate(self.forward, self.cfg.batch_size, self.device,
+                                           self.autocast, self.world)
+        finally:
+            self.model.train(was_training)
 
 
 def _progress(enabled: bool) -> Progress:
@@ -329,7 +321,7 @@ def _train(data_dir, run_dir: Path, run_cfg, resume, stop_after, show_progress,
         if world.main:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / LOG_FILE).unlink(missing_ok=True)
-            record = {"data": str(Path(data_dir).resolve()), **run_cfg.to_dict()}
+            record = {"data": str(Path(data_dir).resolve()), **_portable(run_cfg.to_dict())}
             atomic_write_text(run_dir / RUN_FILE, yaml.safe_dump(record, sort_keys=False))
         world.barrier()
     run = Run(run_cfg, Path(data_dir), run_dir, world)
@@ -342,58 +334,85 @@ def _train(data_dir, run_dir: Path, run_cfg, resume, stop_after, show_progress,
             run.restore(state)
     cfg = run.cfg
     end = min(cfg.max_steps, stop_after) if stop_after else cfg.max_steps
-    baseline = run.meta.get("unigram_val_loss")
     sequences = cfg.batch_size * cfg.grad_accum * world.size
-    tokens_per_step = sequences * run.model_cfg.block_size
-    flops_per_step = flops_per_token(run.model_cfg)["train"] * tokens_per_step
-    loss, val_loss = float("nan"), None
+    train_flops = flops_per_token(run.model_cfg)["train"]
+    loss, metrics = float("nan"), {}
     started, seen = time.perf_counter(), 0
     run.model.train()
     show = show_progress and world.main
     with _progress(show) as progress:
         if show:
-            progress.console.print(
-                f"global batch {sequences} sequences = {cfg.batch_size} × {cfg.grad_accum} "
-                f"accumulation × {world.size} rank(s) = {tokens_per_step:,} tokens per step"
-                + (f" ({world.strategy})" if world.distributed else "")
-                + f"; precision {run.precision} ({run.precision_reason})")
+            progress.console.print(_start_line(run, sequences))
         task = progress.add_task("train", total=cfg.max_steps, completed=run.step,
                                  loss="…", val="…", speed="…", mfu="")
         window_start, window_tokens = time.perf_counter(), 0
         while run.step < end:
-            loss = run.train_step()
-            seen += tokens_per_step
-            window_tokens += tokens_per_step
+            loss, tokens = run.train_step()
+            seen += tokens
+            window_tokens += tokens
             done = run.step == end
+            step_metrics = run.objective.step_metrics()  # every rank, every step: kept short
             if (run.step % cfg.log_interval == 0 or done) and world.main:
                 seconds = max(1e-9, time.perf_counter() - window_start)
                 speed = window_tokens / seconds
                 row = {"step": run.step, "loss": loss, "lr": learning_rate(run.step - 1, cfg),
-                       "tokens_per_s": round(speed, 1)}
+                       "tokens_per_s": round(speed, 1), **step_metrics}
                 mfu = ""
                 if run.peak:
-                    row["mfu"] = flops_per_step * window_tokens / tokens_per_step / seconds \
-                        / (run.peak * world.size)
+                    row["mfu"] = train_flops * speed / (run.peak * world.size)
                     mfu = f"MFU {100 * row['mfu']:.1f}%"
                 run.log(row)
                 progress.update(task, loss=f"{loss:.3f}", speed=f"{speed:,.0f}", mfu=mfu)
                 window_start, window_tokens = time.perf_counter(), 0
             if run.step % cfg.eval_interval == 0 or done:
-                val_loss = run.evaluate()
+                metrics = run.evaluate()
                 if world.main:
-                    run.log({"step": run.step, "val_loss": val_loss,
-                             "val_ppl": math.exp(val_loss)})
-                    progress.update(task, val=f"{val_loss:.3f}")
-                    plot_loss(read_log(run.log_path), run_dir / "loss.png", baseline)
+                    run.log({"step": run.step, **metrics})
+                    progress.update(task, val=_shown_metrics(metrics))
+                    rows = read_log(run.log_path)
+                    plot_loss(rows, run_dir / "loss.png", run.objective.baseline)
+                    plot_metrics(rows, run_dir / "metrics.png")
                     if on_eval:
-                        on_eval(run.step, val_loss)
+                        on_eval(run.step, metrics["val_loss"])
             if (cfg.ckpt_interval and run.step % cfg.ckpt_interval == 0) or done:
                 run.save()
             progress.update(task, completed=run.step)
-    if val_loss is None and run.step > 0:
-        val_loss = run.evaluate()
-    return TrainResult(run_dir, run.step, loss, val_loss, seen,
-                       time.perf_counter() - started, count_parameters(run.model))
+    if not metrics and run.step > 0:
+        metrics = run.evaluate()
+    trainable, _ = trainable_count(run.model)
+    return TrainResult(run_dir, run.step, loss, metrics.get("val_loss"), seen,
+                       time.perf_counter() - started, count_parameters(run.model), metrics,
+                       trainable)
+
+
+def _start_line(run: Run, sequences: int) -> str:
+    cfg, world = run.cfg, run.world
+    trainable, total = trainable_count(run.model)
+    return (f"{run.objective.describe()}\n"
+            f"global batch {sequences} sequences = {cfg.batch_size} × {cfg.grad_accum} "
+            f"accumulation × {world.size} rank(s)"
+            + (f" ({world.strategy})" if world.distributed else "")
+            + f"; training {trainable:,} of {total:,} parameters"
+            + f"; precision {run.precision} ({run.precision_reason})")
+
+
+def _shown_metrics(metrics: dict[str, float]) -> str:
+    """The validation loss, and the objective's headline measure where it has one."""
+    text = f"{metrics['val_loss']:.3f}"
+    for key, label in (("val_accuracy", "acc"), ("eval_rewards/accuracies", "reward acc")):
+        if key in metrics:
+            text += f" {label} {metrics[key]:.3f}"
+    return text
+
+
+def _portable(record: dict) -> dict:
+    """The config as run.yaml keeps it: file paths made absolute, so `--resume` works from
+    any folder (a registry name stays a name)."""
+    for section, key in (("objective", "val_data"), ("train", "init_from")):
+        value = record[section].get(key)
+        if value and Path(value).expanduser().exists():
+            record[section][key] = str(Path(value).expanduser().resolve())
+    return record
 
 
 def _resume_config(run_dir: Path) -> tuple[RunConfig, Path]:

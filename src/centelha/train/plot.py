@@ -1,4 +1,4 @@
-"""The loss curve of a run as a PNG, drawn from its JSONL log."""
+"""The loss curve of a run, and its other measures, as PNGs drawn from its JSONL log."""
 
 from __future__ import annotations
 
@@ -26,6 +26,33 @@ def plot_loss(rows: list[dict], path: Path, baseline: float | None = None) -> No
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+
+
+# Measures that are not losses, drawn on their own figure (DPO's rewards are logged per
+# step as TRL names them; the held-out ones carry an `eval_` prefix).
+NOT_METRICS = {"step", "loss", "lr", "tokens_per_s", "mfu", "val_loss", "val_ppl"}
+
+
+def plot_metrics(rows: list[dict], path: Path) -> None:
+    """Every other measure in the log (accuracy, F1, rewards) against the step; nothing is
+    written when the log has none (pretraining)."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    for row in rows:
+        for key, value in row.items():
+            if key not in NOT_METRICS and isinstance(value, (int, float)):
+                series.setdefault(key, []).append((row["step"], value))
+    if not series:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    for key, points in sorted(series.items()):
+        ax.plot(*zip(*points, strict=True), "o-" if len(points) < 30 else "-", label=key,
+                markersize=3, linewidth=1)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
