@@ -10,7 +10,7 @@ Stages, each timed:
    "reply with the number only" and the like), exact and lenient reading per family;
 3. SFT (`centelha finetune sft`), then the same measure;
 4. DPO on the SFT run (`centelha finetune dpo`), with TRL's reward measures on held-out
-   pairs, then the same measure.
+   pairs, then the same measure. `--stages dpo` reuses the SFT run already in `--out`.
 
     python benchmarks/finetune_instructions.py [--minutes-sft 20] [--stages sft,dpo]
         [--train-per-family 600] [--eval-per-family 40] [--out runs/bench-instructions]
@@ -43,10 +43,13 @@ def table(title: str, scores: InstructionScores) -> list[dict]:
     return rows
 
 
-def measured(model, held_out: Path, per_family: int, title: str) -> tuple[list[dict], float]:
+def measured(model, held_out: Path, per_family: int, title: str,
+             replies: Path) -> tuple[list[dict], float]:
     started = time.perf_counter()
     llm = centelha.load(model, max_context=512)
     scores = score_instructions(llm, held_out, per_family)
+    replies.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n"
+                               for r in scores.replies), encoding="utf-8")
     rows = table(f"{title} ({time.perf_counter() - started:.0f} s to answer)", scores)
     return rows, scores.overall.exact_rate
 
@@ -67,6 +70,8 @@ def main() -> None:
     parser.add_argument("--dpo-batch", type=int, default=4)
     parser.add_argument("--dpo-lr", type=float, default=5e-4)
     parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--nll-weight", type=float, default=1.0,
+                        help="DPO's added NLL of the chosen answers (0: plain DPO)")
     parser.add_argument("--json", help="write the figures here too")
     args = parser.parse_args()
     stages = args.stages.split(",")
@@ -79,7 +84,7 @@ def main() -> None:
     print(f"machine: {result['machine']}")
     if "before" in stages:
         result["before"], _ = measured(args.model, held_out, args.eval_per_family,
-                                       f"before: {args.model}")
+                                       f"before: {args.model}", out / "replies_before.jsonl")
     if "sft" in stages:
         shutil.rmtree(out / "sft", ignore_errors=True)
         started = time.perf_counter()
@@ -94,7 +99,7 @@ def main() -> None:
         print(f"SFT: {run.step} steps in {result['sft_minutes']:.1f} min, held-out loss "
               f"{run.val_loss:.3f}, {run.trainable:,} trained parameters")
         result["after_sft"], _ = measured(out / "sft", held_out, args.eval_per_family,
-                                          "after SFT")
+                                          "after SFT", out / "replies_sft.jsonl")
     if "dpo" in stages:
         shutil.rmtree(out / "dpo", ignore_errors=True)
         started = time.perf_counter()
@@ -102,6 +107,7 @@ def main() -> None:
                        overrides={
                            "objective.val_data": str(files["preferences_held_out"]),
                            "objective.eval_examples": 200, "objective.beta": args.beta,
+                           "objective.nll_weight": args.nll_weight,
                            "objective.max_length": 256, "train.max_steps": args.dpo_steps,
                            "train.batch_size": args.dpo_batch, "train.lr": args.dpo_lr,
                            "train.warmup_steps": max(1, args.dpo_steps // 10),
@@ -112,7 +118,7 @@ def main() -> None:
         print(f"DPO: {run.step} steps in {result['dpo_minutes']:.1f} min; held-out "
               + ", ".join(f"{k} {v:.3f}" for k, v in run.metrics.items()))
         result["after_dpo"], _ = measured(out / "dpo", held_out, args.eval_per_family,
-                                          "after DPO")
+                                          "after DPO", out / "replies_dpo.jsonl")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 

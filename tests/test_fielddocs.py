@@ -40,4 +40,5 @@ def test_the_cli_shows_the_docstrings():
 def test_an_unknown_section_is_a_clear_error():
     result = CliRunner().invoke(app, ["config", "optim"])
     assert isinstance(result.exception, CentelhaError)  # main() prints it as one line
-    assert str(result.exception) == "no config section 'optim' (sections: model, train, objective, sampling)"
+    assert str(result.exception) == ("no config section 'optim' (sections: model, train, "
+                                     "objective, sampling)")

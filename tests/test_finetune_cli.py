@@ -73,6 +73,7 @@ def test_a_yaml_config_sets_the_sections_and_flags_win(tmp_path):
     assert cfg.objective.kind == "classify" and cfg.objective.pooling == "mean"
     assert cfg.lora == {"r": 16}
     assert cfg.train.weight_decay == 0.0  # the fine-tuning default, not pretraining's
+    assert finetune_config("dpo", "base").train.lr == 2e-4  # DPO's own, lower default
 
 
 @pytest.mark.parametrize("args, message", [

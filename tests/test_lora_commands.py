@@ -50,3 +50,19 @@ def test_bad_requests_are_one_line_errors(base_and_adapter, tmp_path):
     with pytest.raises(CentelhaError):
         merge_adapter(adapter, tmp_path / "out", base=moved)  # a base that is not there
     assert not (tmp_path / "out").exists()
+
+
+def test_eval_perplexity_takes_an_adapter(base_and_adapter, tmp_path):
+    base, adapter, _ = base_and_adapter
+    text = tmp_path / "t.txt"
+    text.write_text("Era uma vez um rato que roía a roupa do rei de Roma. " * 4)
+
+    def score(*extra):
+        result = CliRunner().invoke(app, ["eval", "perplexity", str(base), "--text", str(text),
+                                          *extra])
+        assert result.exit_code == 0, result.output
+        return result.output.split()[1]
+
+    assert score() != score("--adapter", str(adapter))
+    assert score("--adapter", str(adapter)) == CliRunner().invoke(app, [
+        "eval", "perplexity", str(adapter), "--text", str(text)]).output.split()[1]

@@ -102,3 +102,38 @@ def test_a_damaged_classifier_folder_is_one_line(tmp_path):
     (tmp_path / "classifier.json").write_text('{"format": "something-else"}')
     with pytest.raises(CentelhaError, match="not a centelha classifier"):
         load_classifier(tmp_path)
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"prompt": "Oi", "chosen": "Olá"}', ":2: a preference pair needs prompt, chosen and "
+                                          "rejected (missing rejected)"),
+    ('{"prompt": 3, "chosen": "a", "rejected": "b"}', ":2: prompt must be a string"),
+    ('{"prompt": "Oi", "chosen": [{"role": "user", "content": "x"}], "rejected": "b"}',
+     ":2 (chosen): no assistant message, so nothing to learn from"),
+    ("not json", ":2:"),
+])
+def test_a_bad_preference_line_is_one_line_naming_it(tiny_chat_llm, tmp_path, line, message):
+    from centelha.errors import CentelhaError
+    from centelha.finetune.dpo_data import read_pairs
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"prompt": "Oi", "chosen": "Olá", "rejected": "Claro! Olá"}\n' + line
+                    + "\n", encoding="utf-8")
+    with pytest.raises(CentelhaError, match=f"^{path}" + message.replace("(", r"\(")
+                       .replace(")", r"\)")):
+        read_pairs(path, tiny_chat_llm.tokenizer)
+
+
+def test_a_preference_pair_scores_only_its_response(tiny_chat_llm, tmp_path):
+    from centelha.finetune.dpo_data import read_pairs
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"prompt": [{"role": "user", "content": "Oi"}, {"role": "assistant", '
+                    '"content": "Olá"}, {"role": "user", "content": "Tudo bem?"}], '
+                    '"chosen": "Tudo.", "rejected": "Claro! Tudo."}\n', encoding="utf-8")
+    pair = read_pairs(path, tiny_chat_llm.tokenizer)[0]
+    tokenizer = tiny_chat_llm.tokenizer
+    scored = [t for t in pair.chosen.targets if t != IGNORE]
+    assert tokenizer.decode(scored) == "Tudo.<|im_end|>"  # not the earlier "Olá" turn
+    scored = [t for t in pair.rejected.targets if t != IGNORE]
+    assert tokenizer.decode(scored) == "Claro! Tudo.<|im_end|>"

@@ -111,6 +111,14 @@ def test_a_tiny_dpo_run_increases_the_margin(chat_base, pairs, tmp_path):
         assert key in rows[-2] or key in rows[-1]
 
 
+def test_the_nll_term_keeps_the_chosen_answers_likely(chat_base, pairs, tmp_path):
+    plain = train(pairs, tmp_path / "plain", config(chat_base, "dpo", 12, lr=1e-2, beta=0.5),
+                  show_progress=False)
+    kept = train(pairs, tmp_path / "kept", config(chat_base, "dpo", 12, lr=1e-2, beta=0.5,
+                                                  nll_weight=1.0), show_progress=False)
+    assert kept.metrics["eval_rewards/chosen"] > plain.metrics["eval_rewards/chosen"]
+
+
 def test_dpo_resumes_exactly(chat_base, pairs, tmp_path):
     assert_resume_is_exact(pairs, lambda: config(chat_base, "dpo", 6), tmp_path)
 
@@ -155,6 +163,7 @@ def test_fine_tuning_needs_a_model_to_start_from(labelled, tmp_path):
     ({"objective": {"kind": "sft", "scope": "head"}}, "a sft run takes full or lora"),
     ({"objective": {"kind": "dpo", "scope": "full"}}, "must be lora for dpo"),
     ({"objective": {"beta": 0}}, "objective.beta must be a number > 0"),
+    ({"objective": {"nll_weight": -1}}, "objective.nll_weight must be a number ≥ 0"),
     ({"objective": {"pooling": "max"}}, "objective.pooling must be one of last, mean"),
     ({"objective": {"held_out": 1.5}}, "objective.held_out"),
     ({"objective": {"typo": 1}}, "unknown config key 'objective.typo'"),

@@ -5,12 +5,14 @@ a Hugging Face folder or a `.gguf` file, and returns an `LLM`: the one way to ge
 from Python. `stream`, `generate` and `chat` give text; `complete` gives `n` choices with
 their token ids, finish reasons and the model's log-probabilities (what the server's `n`
 and `logprobs` return, computed by the same `choices` module). The CLI goes through it too.
+A fine-tune's run folder loads as well; a classifier run gives a `Classifier` instead.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from centelha.choices import Completion, complete
 from centelha.engine import Engine, Request
@@ -25,6 +27,9 @@ from centelha.tokenizer import Tokenizer
 # The KV cache is preallocated, so a model that declares 128k positions would reserve
 # gigabytes for one conversation: by default it gets this many (pass max_context to change).
 DEFAULT_CONTEXT = 4096
+
+if TYPE_CHECKING:
+    from centelha.objectives.classifier import Classifier
 
 
 def sampling_from(kwargs: dict) -> SamplingConfig:
@@ -93,7 +98,8 @@ class LLM:
 
 
 def load(source: str | Path = "smollm2-135m-instruct", dtype: str = "fp32",
-         max_context: int = DEFAULT_CONTEXT, adapter: str | Path | None = None) -> LLM:
+         max_context: int = DEFAULT_CONTEXT, adapter: str | Path | None = None
+         ) -> LLM | Classifier:
     """A model by registry name, checkpoint folder, Hugging Face folder or GGUF path;
     `dtype`: fp32, bf16, fp16, int8, int4 or native (see `load_model`); `adapter`: a LoRA
     adapter folder trained on that model, merged into its weights.

@@ -276,6 +276,7 @@ def eval_perplexity(
     window: int = typer.Option(None, help="Tokens per window (default: the context)"),
     stride: int = typer.Option(None, help="Step between windows (default: half a window)"),
     max_tokens: int = typer.Option(None, help="Score only the first N tokens"),
+    adapter: Path = typer.Option(None, help=ADAPTER_HELP),
 ) -> None:
     """Perplexity of a model on a text (sliding window)."""
     from centelha.data import normalize, read_text
@@ -284,7 +285,7 @@ def eval_perplexity(
 
     if not text.is_file():
         raise CentelhaError(f"text file not found: {text}")
-    net, tokenizer, _ = load_model(model, dtype=dtype)
+    net, tokenizer, _ = load_model(model, dtype=dtype, adapter=adapter)
     result = perplexity(net, tokenizer, normalize(read_text(text)), window, stride, max_tokens)
     console.print(f"perplexity {result.perplexity:.3f} ({result.nll:.4f} nats/token, "
                   f"{result.tokens:,} tokens)")

@@ -42,16 +42,23 @@ FORMAT, VERSION = "centelha-lora", 1
 TENSORS_FILE, CONFIG_FILE = "adapter.safetensors", "adapter.json"
 
 
-def save_adapter(model: nn.Module, folder: str | Path, base_name: str) -> Path:
-    """Write the model's adapters (A and B only) and their description to `folder`."""
+def save_adapter(model: nn.Module, folder: str | Path, base_name: str,
+                 tensors: dict[str, Tensor] | None = None) -> Path:
+    """Write the model's adapters (A and B only) and their description to `folder`.
+    `tensors`: the A and B values to write, by the same names, when the model's own are
+    not whole here (sharded by FSDP: the training state holds them gathered)."""
     config, base_hash = (getattr(model, a, None) for a in ("lora_config", "lora_base_hash"))
     layers = list(lora_layers(model))
     if config is None or base_hash is None or not layers:
         raise CentelhaError("the model has no LoRA adapters to save: run apply_lora first")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {f"{name}.{part}": getattr(layer, part).detach().cpu().contiguous().clone()
-               for name, layer in layers for part in ("lora_A", "lora_B")}
+    names = [f"{name}.{part}" for name, _ in layers for part in ("lora_A", "lora_B")]
+    if tensors is None:
+        tensors = {f"{name}.{part}": getattr(layer, part).detach().cpu().contiguous().clone()
+                   for name, layer in layers for part in ("lora_A", "lora_B")}
+    else:
+        tensors = {n: tensors[n].detach().cpu().contiguous() for n in names}
     description = {"format": FORMAT, "version": VERSION, **config.to_dict(),
                    "modules": [name for name, _ in layers], "base": str(base_name),
                    "base_hash": base_hash}  # taken by apply_lora, before any merge

@@ -75,7 +75,13 @@ class Objective:
         if self.frozen_base:
             return {n: p.detach().contiguous() for n, p in self.model.named_parameters()
                     if p.requires_grad}
-        return {n: t.detach().contiguous() for n, t in self.model.state_dict().items()}
+        tensors, seen = {}, set()
+        for name, tensor in self.model.state_dict().items():
+            if tensor.data_ptr() in seen:
+                continue  # a tied LM head is its embedding: stored once (safetensors insists)
+            seen.add(tensor.data_ptr())
+            tensors[name] = tensor.detach().contiguous()
+        return tensors
 
     @property
     def frozen_base(self) -> bool:

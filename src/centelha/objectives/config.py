@@ -67,6 +67,9 @@ class ObjectiveConfig:
     logps: str = "sum"
     """dpo: a response's log-probability is the sum over its tokens (as in the DPO paper
     and TRL) or their mean."""
+    nll_weight: float = 0.0
+    """dpo: weight of the chosen answers' negative log-likelihood per token, added to the
+    loss (TRL's rpo_alpha; 0: plain DPO), so that the chosen answers stay likely (≥ 0)."""
     eval_examples: int = 1000
     """At most this many held-out examples per evaluation (≥ 1)."""
 
@@ -91,6 +94,8 @@ class ObjectiveConfig:
         _require("held_out", self.held_out, is_number(self.held_out)
                  and 0 < self.held_out < 1, "a number between 0 and 1")
         _require("beta", self.beta, is_number(self.beta) and self.beta > 0, "a number > 0")
+        _require("nll_weight", self.nll_weight, is_number(self.nll_weight)
+                 and self.nll_weight >= 0, "a number ≥ 0")
         for key in ("class_weighted", "pack"):
             _require(key, getattr(self, key), isinstance(getattr(self, key), bool),
                      "true or false")

@@ -12,6 +12,11 @@ Design choices a reader should know:
 - A response's log-probability is the *sum* over its scored tokens (the paper and TRL),
   or with `objective.logps: mean` their mean, which removes the pull towards length.
 - Chosen and rejected go through the model in one batch (2B rows).
+- Plain DPO only asks the chosen answer to beat the rejected one *relative to the
+  reference*; both may fall, and on our set (where a rejected answer is often the right
+  one buried in chatter, sharing its tokens) they did, and greedy answers got worse.
+  `objective.nll_weight` adds the chosen answers' negative log-likelihood per token,
+  times the weight (TRL's `rpo_alpha`, Pang et al. 2024), which keeps them likely.
 - Logged as TRL names them: `rewards/chosen` = β·(log π − log π_ref) of the chosen
   answers, `rewards/rejected`, `rewards/margins` (their difference) and
   `rewards/accuracies` (the share of pairs whose chosen reward is higher); on the held-out
@@ -105,18 +110,24 @@ class DPO(LanguageModelling):
         chosen, rejected = zip(*(self.reference[k] for k in keys), strict=True)
         return torch.tensor(chosen + rejected, device=batch["ids"].device)
 
-    def _rewards(self, forward: Callable, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def _rewards(self, forward: Callable, batch: Batch
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(chosen rewards, rejected rewards, the chosen answers' NLL per token)."""
         reference = self._reference(forward, batch)
-        policy = sequence_logps(forward, batch["ids"], batch["targets"],
-                                self.cfg.logps == "mean")
+        summed = sequence_logps(forward, batch["ids"], batch["targets"], mean=False)
+        tokens = (batch["targets"] != IGNORE).sum(-1).clamp(min=1)
+        policy = summed / tokens if self.cfg.logps == "mean" else summed
         rewards = self.cfg.beta * (policy - reference)
         half = len(batch["index"])
-        return rewards[:half], rewards[half:]
+        return rewards[:half], rewards[half:], -(summed[:half] / tokens[:half])
 
     def loss_sum(self, forward: Callable, batch: Batch) -> torch.Tensor:
-        chosen, rejected = self._rewards(forward, batch)
+        chosen, rejected, chosen_nll = self._rewards(forward, batch)
         self._stats.append(torch.stack([chosen.detach(), rejected.detach()]))
-        return -F.logsigmoid(chosen - rejected).sum()
+        loss = -F.logsigmoid(chosen - rejected)
+        if self.cfg.nll_weight:
+            loss = loss + self.cfg.nll_weight * chosen_nll
+        return loss.sum()
 
     def step_metrics(self) -> dict[str, float]:
         if not self._stats:
@@ -133,7 +144,7 @@ class DPO(LanguageModelling):
             batch = to_device(self._batch([self.val_pairs[i] for i in indices], "val",
                                           indices), device)
             with autocast():
-                c, r = self._rewards(forward, batch)
+                c, r, _ = self._rewards(forward, batch)
             chosen.append(c.float())
             rejected.append(r.float())
         c, r = torch.cat(chosen), torch.cat(rejected)

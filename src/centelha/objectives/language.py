@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from centelha.checkpoint import publish_model
 from centelha.evaluate import nll_sum
@@ -51,7 +52,9 @@ class LanguageModelling(Objective):
 def publish_language_model(run_dir: Path, state_weights: Path, body: Transformer,
                            tokenizer: Tokenizer, base_name: str | None) -> None:
     if has_lora(body):
-        save_adapter(body, run_dir, base_name=str(base_name))
+        # the adapters as the state saved them (whole even when FSDP shards the model)
+        save_adapter(body, run_dir, base_name=str(base_name),
+                     tensors=load_file(str(state_weights)))
     else:
         publish_model(run_dir, state_weights, body, tokenizer)
 

@@ -351,8 +351,10 @@ def _train(data_dir, run_dir: Path, run_cfg, resume, stop_after, show_progress,
             seen += tokens
             window_tokens += tokens
             done = run.step == end
-            step_metrics = run.objective.step_metrics()  # every rank, every step: kept short
-            if (run.step % cfg.log_interval == 0 or done) and world.main:
+            logging = run.step % cfg.log_interval == 0 or done
+            # every rank collects (and so clears) the objective's measures of the interval
+            step_metrics = run.objective.step_metrics() if logging else {}
+            if logging and world.main:
                 seconds = max(1e-9, time.perf_counter() - window_start)
                 speed = window_tokens / seconds
                 row = {"step": run.step, "loss": loss, "lr": learning_rate(run.step - 1, cfg),
