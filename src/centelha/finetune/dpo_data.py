@@ -13,11 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from centelha.data import read_text
 from centelha.errors import CentelhaError
-from centelha.finetune.sft_data import SFTExample, assistant_mask, checked_messages, to_example
+from centelha.finetune.sft_data import (
+    SFTExample,
+    assistant_mask,
+    checked_messages,
+    records,
+    to_example,
+)
 from centelha.generate import with_bos
-from centelha.jsonfile import json_lines
 from centelha.template import encode_chat
 
 
@@ -30,12 +34,8 @@ class PreferencePair:
 
 def read_pairs(path: str | Path, tokenizer, max_length: int | None = None
                ) -> list[PreferencePair]:
-    path = Path(path)
-    if not path.is_file():
-        raise CentelhaError(f"file not found: {path}")
     pairs = []
-    for number, record in json_lines(path, read_text(path)):
-        where = f"{path}:{number}"
+    for where, record in records(path):
         missing = [k for k in ("prompt", "chosen", "rejected") if k not in record]
         if missing:
             raise CentelhaError(f"{where}: a preference pair needs prompt, chosen and "

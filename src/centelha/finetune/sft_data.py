@@ -41,6 +41,7 @@ Conventions a training loop relies on:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,15 +75,19 @@ class SFTExample:
 
 
 # -- reading -----------------------------------------------------------------------------
-def read_conversations(path: str | Path) -> list[Conversation]:
-    """The conversations of a JSONL file, each checked; errors name the file and line."""
+def records(path: str | Path) -> Iterator[tuple[str, dict]]:
+    """("file:line", object) for each line of a JSONL file (the one DPO pairs use too)."""
     path = Path(path)
     if not path.is_file():
         raise CentelhaError(f"file not found: {path}")
-    conversations = []
     for number, record in json_lines(path, read_text(path)):
-        where = f"{path}:{number}"
-        conversations.append(Conversation(checked_messages(record, where), where))
+        yield f"{path}:{number}", record
+
+
+def read_conversations(path: str | Path) -> list[Conversation]:
+    """The conversations of a JSONL file, each checked; errors name the file and line."""
+    conversations = [Conversation(checked_messages(record, where), where)
+                     for where, record in records(path)]
     if not conversations:
         raise CentelhaError(f"{path}: no conversations (one JSON object a line)")
     return conversations

@@ -40,6 +40,11 @@ class Objective:
     tokenizer: Tokenizer
     baseline: float | None = None  # a loss to draw on the plot (pretraining: unigram)
 
+    def __init__(self, body: Transformer, tokenizer: Tokenizer, cfg=None,
+                 base_name: str | None = None):
+        self.model = self.body = body  # a classifier replaces `model` with body + head
+        self.tokenizer, self.cfg, self.base_name = tokenizer, cfg, base_name
+
     def draw(self, size: int, rows: slice) -> Batch:
         raise NotImplementedError
 

@@ -45,7 +45,7 @@ class Classify(Objective):
 
     def __init__(self, body: Transformer, tokenizer: Tokenizer, data: Path,
                  cfg: ObjectiveConfig, lora: dict | None, base_name: str, seed: int):
-        self.body, self.tokenizer, self.cfg, self.base_name = body, tokenizer, cfg, base_name
+        super().__init__(body, tokenizer, cfg, base_name)
         every = read_labelled(data, cfg.text_column, cfg.label_column)
         if cfg.val_data:
             train = every

@@ -37,8 +37,7 @@ from centelha.lora import adapters_disabled
 from centelha.model import IGNORE, Transformer
 from centelha.objectives.base import Batch, Walk
 from centelha.objectives.config import ObjectiveConfig
-from centelha.objectives.language import LanguageModelling, to_device
-from centelha.objectives.sft import held_out_lines
+from centelha.objectives.language import LanguageModelling, to_device, train_and_held_out
 from centelha.objectives.start import apply_scope
 from centelha.tokenizer import Tokenizer
 
@@ -60,14 +59,10 @@ class DPO(LanguageModelling):
 
     def __init__(self, body: Transformer, tokenizer: Tokenizer, data: Path,
                  cfg: ObjectiveConfig, lora: dict | None, base_name: str, seed: int):
-        self.model = self.body = body
-        self.tokenizer, self.cfg, self.base_name = tokenizer, cfg, base_name
-        pairs = read_pairs(data, tokenizer, cfg.max_length)
-        if cfg.val_data:
-            train, val = pairs, read_pairs(cfg.val_data, tokenizer, cfg.max_length)
-        else:
-            train, val = held_out_lines(pairs, cfg.held_out, cfg.split_seed)
-        self.train_pairs, self.val_pairs = train, val[:cfg.eval_examples]
+        super().__init__(body, tokenizer, cfg, base_name)
+        train, self.val_pairs = train_and_held_out(
+            lambda path: read_pairs(path, tokenizer, cfg.max_length), data, cfg)
+        self.train_pairs = train
         self.lora = apply_scope(body, body, cfg.scope, lora)
         self.walk = Walk(len(train), seed, [max(len(p.chosen.ids), len(p.rejected.ids))
                                                  for p in train])

@@ -9,6 +9,7 @@ base it started from, adapter.safetensors), which `load(run_dir)` loads on that 
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from centelha.checkpoint import publish_model
+from centelha.errors import CentelhaError
 from centelha.evaluate import nll_sum
 from centelha.lora import has_lora, save_adapter
 from centelha.model import IGNORE, Transformer
@@ -36,8 +38,6 @@ def next_token_loss(forward: Callable, batch: Batch) -> torch.Tensor:
 class LanguageModelling(Objective):
     """Next-token loss on scored targets, publishing a checkpoint or an adapter."""
 
-    base_name: str | None = None
-
     def count(self, batch: Batch) -> float:
         return scored(batch["targets"])
 
@@ -47,6 +47,29 @@ class LanguageModelling(Objective):
     def publish(self, run_dir: Path, state_weights: Path) -> None:
         publish_language_model(run_dir, state_weights, self.body, self.tokenizer,
                                self.base_name)
+
+
+def held_out_lines(items: list, share: float, seed: int) -> tuple[list, list]:
+    """(train, held out): a `share` of the items chosen by `seed`, both in file order."""
+    if len(items) < 2:
+        raise CentelhaError("the data needs at least two examples to hold one out; "
+                            "give objective.val_data")
+    chosen = set(random.Random(seed).sample(range(len(items)),
+                                            min(len(items) - 1,
+                                                max(1, round(share * len(items))))))
+    return ([x for i, x in enumerate(items) if i not in chosen],
+            [x for i, x in enumerate(items) if i in chosen])
+
+
+def train_and_held_out(read: Callable[[str | Path], list], data: Path, cfg) -> tuple[list, list]:
+    """The training items and at most `eval_examples` held-out ones: `val_data` if given,
+    else a `held_out` share of `data`'s lines."""
+    items = read(data)
+    if cfg.val_data:
+        train, val = items, read(cfg.val_data)
+    else:
+        train, val = held_out_lines(items, cfg.held_out, cfg.split_seed)
+    return train, val[:cfg.eval_examples]
 
 
 def publish_language_model(run_dir: Path, state_weights: Path, body: Transformer,

@@ -28,8 +28,7 @@ class Pretrain(LanguageModelling):
 
     def __init__(self, body: Transformer, tokenizer: Tokenizer, data_dir: Path,
                  sampler: torch.Generator, base_name: str | None, eval_batches: int):
-        self.model = self.body = body
-        self.tokenizer, self.base_name = tokenizer, base_name
+        super().__init__(body, tokenizer, None, base_name)
         self.meta = load_meta(data_dir)
         if base_name is not None:
             _check_same_tokenizer(data_dir, tokenizer)

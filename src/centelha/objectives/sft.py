@@ -11,32 +11,22 @@ the same measure over `val_data` (or a `held_out` share of the lines).
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from centelha.errors import CentelhaError
 from centelha.finetune.sft_data import SFTExample, collate, load_sft, pack
 from centelha.model import Transformer
 from centelha.objectives.base import Batch, Walk
 from centelha.objectives.config import ObjectiveConfig
-from centelha.objectives.language import LanguageModelling, held_out_loss
+from centelha.objectives.language import (
+    LanguageModelling,
+    held_out_loss,
+    train_and_held_out,
+)
 from centelha.objectives.start import apply_scope
 from centelha.tokenizer import Tokenizer
-
-
-def held_out_lines(items: list, share: float, seed: int) -> tuple[list, list]:
-    """(train, held out): a `share` of the items chosen by `seed`, both in file order."""
-    if len(items) < 2:
-        raise CentelhaError("the data needs at least two examples to hold one out; "
-                            "give objective.val_data")
-    chosen = set(random.Random(seed).sample(range(len(items)),
-                                            min(len(items) - 1,
-                                                max(1, round(share * len(items))))))
-    return ([x for i, x in enumerate(items) if i not in chosen],
-            [x for i, x in enumerate(items) if i in chosen])
 
 
 class SFT(LanguageModelling):
@@ -44,14 +34,10 @@ class SFT(LanguageModelling):
 
     def __init__(self, body: Transformer, tokenizer: Tokenizer, data: Path,
                  cfg: ObjectiveConfig, lora: dict | None, base_name: str, seed: int):
-        self.model = self.body = body
-        self.tokenizer, self.cfg, self.base_name = tokenizer, cfg, base_name
-        examples = load_sft(data, tokenizer, cfg.max_length)
-        if cfg.val_data:
-            train, val = examples, load_sft(cfg.val_data, tokenizer, cfg.max_length)
-        else:
-            train, val = held_out_lines(examples, cfg.held_out, cfg.split_seed)
-        self.train_examples, self.val_examples = train, val[:cfg.eval_examples]
+        super().__init__(body, tokenizer, cfg, base_name)
+        train, self.val_examples = train_and_held_out(
+            lambda path: load_sft(path, tokenizer, cfg.max_length), data, cfg)
+        self.train_examples = train
         self.rows = self._packed(train) if cfg.pack else train
         self.lora = apply_scope(body, body, cfg.scope, lora)
         self.walk = Walk(len(self.rows), seed, [len(e.ids) for e in self.rows])
