@@ -1,17 +1,22 @@
-"""The training loop: pretraining by next-token prediction, resumable to the bit.
+"""The training loop, one for every objective (pretraining, classification, instruction
+SFT, DPO: `objectives/`), resumable to the bit.
 
 One loop for every device and world size: AdamW (fused where available), warmup + cosine
 schedule, gradient accumulation and clipping, bf16 autocast where it pays (GPUs, CPUs
 with AMX: `precision.py`), TF32 on CUDA, optional `torch.compile`, periodic evaluation
-(loss and perplexity on the val split), a JSONL log,
-a loss-curve PNG, atomic checkpoints (see `checkpoint.py`), and, under torchrun, DDP or
+(the objective's held-out measures), a JSONL log, loss and metric PNGs, atomic checkpoints (see `checkpoint.py`), and, under torchrun, DDP or
 FSDP2 across processes (see `distributed.py`). On a GPU whose peak is known, model FLOPs
 utilisation (MFU) is shown and logged.
 
-Exact resume is a design goal: the state holds the weights, the optimizer moments, the
-step, the global RNG and the data sampler's generator (the "data position"), and the
+What depends on the task (batches, the loss as a sum with a count, evaluation, what the
+run publishes, the starting weights) is the objective's; everything else is here.
+
+Exact resume is a design goal: the state holds the weights (only the trainable ones when
+the base is frozen), the optimizer moments, the step, the global RNG and the data
+position (the sampler's generator, and an example objective's place in its epoch), and the
 schedule is a function of the step, so N steps == N/2 + resume + N/2, bit for bit on CPU.
-Evaluation reads fixed windows and draws no random numbers, so it never perturbs training.
+Evaluation reads fixed held-out data and draws no random numbers, so it never perturbs
+training.
 """
 
 from __future__ import annotations
