@@ -4,9 +4,10 @@ SFT, DPO: `objectives/`), resumable to the bit.
 One loop for every device and world size: AdamW (fused where available), warmup + cosine
 schedule, gradient accumulation and clipping, bf16 autocast where it pays (GPUs, CPUs
 with AMX: `precision.py`), TF32 on CUDA, optional `torch.compile`, periodic evaluation
-(the objective's held-out measures), a JSONL log, loss and metric PNGs, atomic checkpoints (see `checkpoint.py`), and, under torchrun, DDP or
-FSDP2 across processes (see `distributed.py`). On a GPU whose peak is known, model FLOPs
-utilisation (MFU) is shown and logged.
+(the objective's held-out measures), a JSONL log, loss and metric PNGs, atomic
+checkpoints (see `checkpoint.py`), and, under torchrun, DDP or FSDP2 across processes
+(see `distributed.py`). On a GPU whose peak is known, model FLOPs utilisation (MFU) is
+shown and logged.
 
 What depends on the task (batches, the loss as a sum with a count, evaluation, what the
 run publishes, the starting weights) is the objective's; everything else is here.
