@@ -40,7 +40,7 @@ def test_uneven_masks_give_the_gradient_of_one_big_batch():
     model = Transformer(tiny_config("llama", vocab_size=64, block_size=16))
     batches = masked_batches(64)
     nothing = lambda *_: contextlib.nullcontext()  # noqa: E731
-    loss = accumulate_gradients(LanguageModelling(), model, as_dicts(batches), World(),
+    loss = accumulate_gradients(LanguageModelling(model, None), model, as_dicts(batches), World(),
                                 torch.device("cpu"), nothing, nothing)
     accumulated = grads(model)
 
@@ -62,6 +62,6 @@ def test_a_step_with_nothing_scored_is_refused():
     x = torch.zeros(1, 4, dtype=torch.long)
     nothing = lambda *_: contextlib.nullcontext()  # noqa: E731
     with pytest.raises(CentelhaError, match="nothing in this step"):
-        accumulate_gradients(LanguageModelling(), model,
+        accumulate_gradients(LanguageModelling(model, None), model,
                              as_dicts([(x, torch.full_like(x, IGNORE))]), World(),
                              torch.device("cpu"), nothing, nothing)
