@@ -40,13 +40,9 @@ def cpu_line() -> str:
 
 
 def sklearn_baseline(train_set, held) -> tuple[float, float]:
-    from sklearn.feature_extraction.text import CountVectorizer
-    from sklearn.linear_model import LogisticRegression
+    from spam_baseline import bag_of_words_predictions
 
-    vectorizer = CountVectorizer()
-    model = LogisticRegression(max_iter=1000, solver="liblinear")
-    model.fit(vectorizer.fit_transform(train_set.texts), train_set.labels)
-    predicted = model.predict(vectorizer.transform(held.texts)).tolist()
+    predicted = bag_of_words_predictions(train_set, held)
     report = classification_report(held.labels, predicted, held.label_names)
     spam = held.label_names.index("spam")
     return report["accuracy"], report["classes"][spam]["f1"]

@@ -26,6 +26,15 @@ from centelha.finetune.classify_metrics import (
 )
 
 
+def bag_of_words_predictions(train, held) -> list[int]:
+    """CountVectorizer + LogisticRegression fitted on `train`, labels predicted for `held`."""
+    vectorizer = CountVectorizer()
+    # liblinear is deterministic and quick on a few thousand sparse rows.
+    model = LogisticRegression(max_iter=1000, solver="liblinear")
+    model.fit(vectorizer.fit_transform(train.texts), train.labels)
+    return model.predict(vectorizer.transform(held.texts)).tolist()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--held-out", type=float, default=0.2)
@@ -35,11 +44,7 @@ def main() -> None:
     data = read_labelled(bundled_sms_spam())
     train, held = split(data, held_out=args.held_out, seed=args.seed)
     start = time.perf_counter()
-    vectorizer = CountVectorizer()
-    # liblinear is deterministic and quick on a few thousand sparse rows.
-    model = LogisticRegression(max_iter=1000, solver="liblinear")
-    model.fit(vectorizer.fit_transform(train.texts), train.labels)
-    predicted = model.predict(vectorizer.transform(held.texts)).tolist()
+    predicted = bag_of_words_predictions(train, held)
     seconds = time.perf_counter() - start
     spam = data.label_names.index("spam")
     report = classification_report(held.labels, predicted, data.label_names)

@@ -15,6 +15,7 @@ adapters and head, and the trained tensors are put in; nothing else is needed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,26 @@ def padded(rows: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.
     return ids, lengths
 
 
+@torch.no_grad()
+def class_logits(forward, encoded: list[list[int]], batch_size: int,
+                 device: torch.device | None = None, autocast=contextlib.nullcontext
+                 ) -> torch.Tensor:
+    """(len(encoded), labels) float logits in the input order, computed in batches of
+    similar length so that little of each batch is padding."""
+    device = device or torch.device("cpu")
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    out = None
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        ids, lengths = padded([encoded[i] for i in chunk])
+        with autocast():
+            logits = forward(ids.to(device), lengths.to(device)).float()
+        if out is None:
+            out = torch.empty(len(encoded), logits.shape[-1], device=logits.device)
+        out[chunk] = logits
+    return out if out is not None else torch.empty(0, 0)
+
+
 @dataclass
 class Prediction:
     label: str
@@ -93,13 +114,7 @@ class Classifier:
     def probabilities(self, texts: list[str], batch_size: int = 16) -> torch.Tensor:
         """(len(texts), labels) probabilities, batched by length to waste little padding."""
         encoded = encode_texts(self.tokenizer, texts, self.max_length)
-        order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
-        out = torch.empty(len(texts), len(self.labels))
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            ids, lengths = padded([encoded[i] for i in chunk])
-            out[chunk] = F.softmax(self.model(ids, lengths).float(), dim=-1)
-        return out
+        return F.softmax(class_logits(self.model, encoded, batch_size), dim=-1)
 
     def predict(self, texts: str | list[str], batch_size: int = 16
                 ) -> Prediction | list[Prediction]:

@@ -31,6 +31,7 @@ from centelha.objectives.base import Batch, Objective, Walk
 from centelha.objectives.classifier import (
     TENSORS_FILE,
     SequenceClassifier,
+    class_logits,
     encode_texts,
     padded,
     write_description,
@@ -104,19 +105,10 @@ class Classify(Objective):
 
     def predict_held_out(self, forward: Callable, batch_size: int, device: torch.device,
                          autocast) -> tuple[list[int], float]:
-        order = sorted(range(len(self.val_ids)), key=lambda i: len(self.val_ids[i]))
-        predicted = [0] * len(order)
-        total = 0.0
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            ids, lengths = padded([self.val_ids[i] for i in chunk])
-            labels = torch.tensor([self.val_set.labels[i] for i in chunk], device=device)
-            with autocast():
-                logits = forward(ids.to(device), lengths.to(device)).float()
-            total += float(F.cross_entropy(logits, labels, reduction="sum"))
-            for i, guess in zip(chunk, logits.argmax(-1).tolist(), strict=True):
-                predicted[i] = guess
-        return predicted, total / max(len(order), 1)
+        logits = class_logits(forward, self.val_ids, batch_size, device, autocast)
+        labels = torch.tensor(self.val_set.labels[:len(self.val_ids)], device=logits.device)
+        loss = float(F.cross_entropy(logits, labels, reduction="sum"))
+        return logits.argmax(-1).tolist(), loss / max(len(self.val_ids), 1)
 
     def publish(self, run_dir: Path, state_weights: Path) -> None:
         link_into_place(run_dir / TENSORS_FILE, state_weights)
