@@ -75,8 +75,15 @@ class LoRALinear(nn.Module):
         y = self.base(x)
         if not self.enabled or self.merged:  # merged: the update is inside the base weight
             return y
-        update = self.dropout(x).to(self.lora_A.dtype) @ self.lora_A.t() @ self.lora_B.t()
-        return y + (self.scale * update).to(y.dtype)
+        # scale the thin [.., r] product, and let one addmm add ·Bᵀ onto the base output:
+        # scaling or adding the wide [.., out] product costs a full pass over it each
+        # (and again in backward), which measured ~8% of a LoRA step on 2 cores
+        low = (self.dropout(x).to(self.lora_A.dtype) @ self.lora_A.t()) * self.scale
+        if y.dtype != low.dtype:
+            return y + (low @ self.lora_B.t()).to(y.dtype)
+        flat = torch.addmm(y.reshape(-1, y.shape[-1]), low.reshape(-1, low.shape[-1]),
+                           self.lora_B.t())
+        return flat.view(y.shape)
 
     def delta_weight(self) -> Tensor:
         """scale · B·A, the [out, in] matrix the adapter adds to the base weight (float32
