@@ -77,7 +77,7 @@ class LoRALinear(nn.Module):
             return y
         # scale the thin [.., r] product, and let one addmm add ·Bᵀ onto the base output:
         # scaling or adding the wide [.., out] product costs a full pass over it each
-        # (and again in backward): 2-13% of a layer's forward + backward on 2 cores
+        # (and again in backward): 1-13% of a layer's forward + backward on 2 cores
         low = (self.dropout(x).to(self.lora_A.dtype) @ self.lora_A.t()) * self.scale
         if y.dtype != low.dtype:
             return y + (low @ self.lora_B.t()).to(y.dtype)
