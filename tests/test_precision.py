@@ -13,10 +13,12 @@ from tests.test_train import run_config
 
 
 @pytest.mark.parametrize("flags, expected", [
-    ({"avx512f", "avx512_bf16"}, "fp32"),               # AMD EPYC: bf16 instructions, no AMX
+    ({"avx2", "fma"}, "fp32"),                          # no native bf16 arithmetic
+    ({"avx512f", "avx512_vnni"}, "fp32"),               # AVX-512 without its BF16 extension
+    ({"avx512f", "avx512_bf16"}, "bf16"),               # AMD EPYC Zen 4: bf16 dot products
     ({"avx512f", "amx_tile", "amx_bf16"}, "bf16"),      # Xeon 4th generation
 ])
-def test_auto_takes_bf16_on_a_cpu_only_with_amx(monkeypatch, flags, expected):
+def test_auto_takes_bf16_only_on_a_cpu_with_native_bf16(monkeypatch, flags, expected):
     monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset(flags))
     chosen, why = resolve_precision("auto", torch.device("cpu"))
     assert chosen == expected and why.startswith("auto: ")

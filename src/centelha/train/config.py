@@ -77,7 +77,7 @@ class TrainConfig:
     compile: bool = False
     """torch.compile the model before training."""
     precision: str = "auto"
-    """auto, fp32 or bf16 (autocast): auto takes bf16 on a GPU or a CPU with AMX, else fp32."""
+    """auto, fp32 or bf16 (autocast): auto takes bf16 on a GPU or a CPU with native bf16."""
     threads: int | None = None
     """CPU threads for PyTorch (≥ 1); null: PyTorch's default."""
     init_from: str | None = None
