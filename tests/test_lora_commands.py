@@ -57,12 +57,12 @@ def test_eval_perplexity_takes_an_adapter(base_and_adapter, tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("Era uma vez um rato que roía a roupa do rei de Roma. " * 4)
 
-    def score(*extra):
-        result = CliRunner().invoke(app, ["eval", "perplexity", str(base), "--text", str(text),
-                                          *extra])
+    def score(model, *extra):
+        out = tmp_path / "ppl.json"
+        result = CliRunner().invoke(app, ["eval", "perplexity", str(model), "--text", str(text),
+                                          "--json", str(out), *extra])
         assert result.exit_code == 0, result.output
-        return result.output.split()[1]
+        return json.loads(out.read_text())["overall"]["perplexity"]
 
-    assert score() != score("--adapter", str(adapter))
-    assert score("--adapter", str(adapter)) == CliRunner().invoke(app, [
-        "eval", "perplexity", str(adapter), "--text", str(text)]).output.split()[1]
+    assert score(base) != score(base, "--adapter", str(adapter))
+    assert score(base, "--adapter", str(adapter)) == score(adapter)

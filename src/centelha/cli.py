@@ -100,7 +100,7 @@ def train(
                   f"(perplexity {ppl}); checkpoint in {result.run_dir}")
 
 
-ADAPTER_HELP = "A LoRA adapter folder trained on this model, merged into its weights"
+from centelha.cli_eval import ADAPTER_HELP  # noqa: E402 - one wording for every command
 
 
 @app.command()
@@ -263,32 +263,9 @@ def quantize(
     console.print(f"wrote {out} ({to}, {_human_size(size)})")
 
 
-eval_app = typer.Typer(help="Measure a model: perplexity on a text, a classifier on "
-                       "labelled texts.", no_args_is_help=True)
+eval_app = typer.Typer(help="Measure a model: perplexity, generation metrics, benchmarks, "
+                       "bias pairs, a classifier; compare two models.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
-
-
-@eval_app.command("perplexity")
-def eval_perplexity(
-    model: str = typer.Argument(..., help="Model folder, .gguf file or name"),
-    text: Path = typer.Option(..., help="A UTF-8 text file to score"),
-    dtype: str = typer.Option("fp32", help="Weights: fp32, bf16, int8, int4 or native"),
-    window: int = typer.Option(None, help="Tokens per window (default: the context)"),
-    stride: int = typer.Option(None, help="Step between windows (default: half a window)"),
-    max_tokens: int = typer.Option(None, help="Score only the first N tokens"),
-    adapter: Path = typer.Option(None, help=ADAPTER_HELP),
-) -> None:
-    """Perplexity of a model on a text (sliding window)."""
-    from centelha.data import normalize, read_text
-    from centelha.evaluate import perplexity
-    from centelha.loading import load_model
-
-    if not text.is_file():
-        raise CentelhaError(f"text file not found: {text}")
-    net, tokenizer, _ = load_model(model, dtype=dtype, adapter=adapter)
-    result = perplexity(net, tokenizer, normalize(read_text(text)), window, stride, max_tokens)
-    console.print(f"perplexity {result.perplexity:.3f} ({result.nll:.4f} nats/token, "
-                  f"{result.tokens:,} tokens)")
 
 
 lora_app = typer.Typer(help="LoRA adapters: merge one into its base, or export it.",
@@ -426,9 +403,10 @@ def quickstart(
     run_quickstart(workdir, console, max_steps=max_steps)
 
 
-from centelha import cli_finetune  # noqa: E402 - its commands need `app` and `eval_app`
+from centelha import cli_eval, cli_finetune  # noqa: E402 - they need `app` and `eval_app`
 
 cli_finetune.register(app, eval_app)
+cli_eval.register(eval_app)
 
 
 def main() -> None:
