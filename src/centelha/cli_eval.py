@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from centelha.atomic import atomic_write_text
+from centelha.errors import CentelhaError
 
 console = Console(markup=False)
 MODEL_HELP = "Model folder, .gguf file or name"
@@ -26,6 +27,17 @@ def write_json(path: Path | None, figures: dict) -> None:
     if path is not None:
         atomic_write_text(path, json.dumps(figures, indent=2, ensure_ascii=False) + "\n")
         console.print(f"wrote {path}")
+
+
+def load_llm(model: str, dtype: str, adapter: Path | None):
+    """A language model, or one line saying that `model` is something else."""
+    from centelha.api import LLM, load
+
+    llm = load(model, dtype=dtype, adapter=adapter)
+    if not isinstance(llm, LLM):
+        raise CentelhaError(f"{model} is a classifier; this measures language models "
+                            "(use `centelha eval classify`)")
+    return llm
 
 
 def eval_perplexity(
@@ -60,5 +72,50 @@ def eval_perplexity(
                           **report.as_dict()})
 
 
+def eval_generate(
+    model: str = typer.Argument(..., help=MODEL_HELP),
+    task: Path = typer.Argument(..., help="JSONL of {\"prompt\" or \"messages\", "
+                                "\"reference\" or \"references\"}"),
+    metrics: str = typer.Option("bleu,chrf,rouge,exact", help="Comma-separated: bleu, chrf, "
+                                "rouge, exact"),
+    out: Path = typer.Option(None, help="Folder for outputs.jsonl and scores.json"),
+    dtype: str = typer.Option("fp32", help=DTYPE_HELP),
+    adapter: Path = typer.Option(None, help=ADAPTER_HELP),
+    max_new_tokens: int = typer.Option(128, help="Most tokens per answer"),
+    temperature: float = typer.Option(0.0, help="0 = greedy"),
+    top_k: int = typer.Option(None, help="Sample from the k most likely tokens"),
+    top_p: float = typer.Option(None, help="Nucleus sampling threshold"),
+    seed: int = typer.Option(None, help="Sampler seed"),
+    stop: list[str] = typer.Option(None, help="A string that ends an answer (repeatable)"),
+    batch: int = typer.Option(8, help="Answers decoded together"),
+    limit: int = typer.Option(None, help="Only the first N examples"),
+    json_out: Path = typer.Option(None, "--json", help=JSON_HELP),
+) -> None:
+    """Answer a task's prompts and score them: BLEU, chrF, ROUGE, exact match."""
+    from centelha.evals.generation import evaluate_generation, read_generation_task
+    from centelha.sampling import SamplingConfig
+
+    wanted = tuple(m.strip() for m in metrics.split(",") if m.strip())
+    sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature,
+                              top_k=top_k, top_p=top_p, seed=seed, stop=list(stop or []))
+    read_generation_task(task)  # a bad task file is reported before the model loads
+    llm = load_llm(model, dtype, adapter)
+    with console.status(f"answering {task}"):
+        report = evaluate_generation(llm, task, wanted, sampling, batch, limit, out)
+    table = Table("metric", "score", "signature")
+    for name, value in report.scores.items():
+        if isinstance(value, dict):
+            table.add_row(name, f"{value['score']:.2f}", value["signature"])
+        else:
+            table.add_row(name, f"{value:.2f}", "")
+    console.print(f"{len(report.examples)} examples")
+    console.print(table)
+    if out is not None:
+        console.print(f"outputs and scores in {out}")
+    write_json(json_out, {"model": model, "dtype": dtype, "task": str(task),
+                          "scores": report.scores, "examples": len(report.examples)})
+
+
 def register(eval_app: typer.Typer) -> None:
     eval_app.command("perplexity")(eval_perplexity)
+    eval_app.command("generate")(eval_generate)
