@@ -224,6 +224,21 @@ def eval_compare(
                           "limit": limit, "rows": rows})
 
 
+def lm_eval_main() -> None:
+    """`centelha-lm-eval`: lm_eval's own command line with the `centelha` model registered."""
+    import sys
+
+    try:
+        from lm_eval.__main__ import cli_evaluate
+
+        import centelha.evals.harness  # noqa: F401 - registers the model
+    except ImportError as e:
+        print(f"error: lm-eval is not installed ({e.name}): pip install lm-eval",
+              file=sys.stderr)
+        sys.exit(1)
+    cli_evaluate()
+
+
 def register(eval_app: typer.Typer) -> None:
     eval_app.command("perplexity")(eval_perplexity)
     eval_app.command("generate")(eval_generate)
