@@ -4,7 +4,7 @@ with a plain forward pass, tokenized as lm-eval tokenizes."""
 import pytest
 import torch
 
-from centelha.evals.loglikelihood import encode_pair, score_group, score_requests
+from centelha.evals.loglikelihood import encode_pair, score_batch, score_group, score_requests
 
 
 def naive(model, context_ids, continuation_ids):
@@ -73,3 +73,34 @@ def test_one_token_continuations_score_from_the_prefix_alone(tiny_chat_llm):
     pairs = [(context, [tok.encode(" o")[0]]), (context, [tok.encode(" a")[0]])]
     for got, (c, x) in zip(score_group(model, pairs), pairs, strict=True):
         assert got.logprob == pytest.approx(naive(model, c, x)[0], abs=1e-4)
+
+
+def test_groups_batched_together_equal_each_alone(tiny_chat_llm):
+    # different prefix lengths side by side (ragged rows), a one-token continuation with no
+    # suffix to feed, a group with no common start, and one too long to share a batch
+    model, tok = tiny_chat_llm.model, tiny_chat_llm.tokenizer
+    groups = [[encode_pair(tok, c, x) for c, x in g] for g in GROUPS.values()]
+    context = tok.encode("Capitu olhou para")
+    groups.append([(context, [tok.encode(" o")[0]]), (context, [tok.encode(" a")[0]])])
+    long_context = tok.encode("Era uma vez um rato que roía a roupa do rei. " * 40)
+    groups.append([(long_context, tok.encode(" Fim.")), (long_context, tok.encode(" Não."))])
+    together = score_batch(model, groups)
+    alone = [score_batch(model, [g])[0] for g in groups]
+    for got, expected in zip(together, alone, strict=True):
+        assert [c.logprob for c in got] == pytest.approx([c.logprob for c in expected],
+                                                         abs=1e-4)
+        assert [c.greedy for c in got] == [c.greedy for c in expected]
+    without_long = score_batch(model, groups[:-1])
+    for got, expected in zip(without_long, alone, strict=False):
+        assert [c.logprob for c in got] == pytest.approx([c.logprob for c in expected],
+                                                         abs=1e-4)
+
+
+def test_requests_are_chunked_without_changing_their_scores(tiny_chat_llm):
+    model, tok = tiny_chat_llm.model, tiny_chat_llm.tokenizer
+    groups = list(GROUPS.values()) * 3
+    big = score_requests(model, tok, groups)
+    small = score_requests(model, tok, groups, rows=2, tokens=16)
+    assert [len(g) for g in big] == [len(g) for g in small] == [len(g) for g in groups]
+    assert [c.logprob for g in big for c in g] == pytest.approx(
+        [c.logprob for g in small for c in g], abs=1e-4)

@@ -74,56 +74,142 @@ def _fit(context: list[int], continuation: list[int], limit: int) -> list[int]:
     return context[max(0, len(context) + len(continuation) - limit - 1):]
 
 
+@dataclass
+class _Row:
+    """One request laid out for the batch: its group's prefix row, the tokens fed after
+    that prefix, and where in them the continuation is predicted."""
+    group: int
+    shared: int               # tokens of its group's common prefix
+    suffix: list[int]         # the tokens fed after the prefix
+    first: int                # suffix index whose logits predict the first target (-1: the
+    continuation: list[int]   # prefix's last position)
+
+
+def _layout(groups: list[list[tuple[list[int], list[int]]]], limit: int
+            ) -> tuple[list[list[int]], list[_Row]]:
+    prefixes, rows = [], []
+    for g, pairs in enumerate(groups):
+        pairs = [(_fit(c, x, limit), x) for c, x in pairs]
+        fed = [(c + x)[:-1] for c, x in pairs]  # the last token is predicted, not fed
+        # every request keeps its whole continuation after the prefix
+        shared = min(_common_prefix(fed), *(len(c) for c, _ in pairs))
+        prefixes.append(fed[0][:shared])
+        for (context, continuation), tokens in zip(pairs, fed, strict=True):
+            rows.append(_Row(g, shared, tokens[shared:], len(context) - 1 - shared,
+                             continuation))
+    return prefixes, rows
+
+
+def _padded(sequences: list[list[int]], device: torch.device) -> torch.Tensor:
+    ids = torch.zeros(len(sequences), max(len(s) for s in sequences), dtype=torch.long,
+                      device=device)
+    for i, tokens in enumerate(sequences):
+        ids[i, :len(tokens)] = torch.tensor(tokens, device=device)
+    return ids
+
+
+def _prefill(model: Transformer, prefixes: list[list[int]], device: torch.device):
+    """A cache holding every non-empty prefix (one row each, right-padded), and the logits
+    of each one's last position (None for an empty prefix)."""
+    present = [i for i, p in enumerate(prefixes) if p]
+    last: list[torch.Tensor | None] = [None] * len(prefixes)
+    if not present:
+        return None, present, last
+    ids = _padded([prefixes[i] for i in present], device)
+    cache = model.new_cache(batch=len(present), max_len=ids.shape[1])
+    at = torch.zeros_like(ids, dtype=torch.bool)
+    for row, i in enumerate(present):
+        at[row, len(prefixes[i]) - 1] = True
+    logits = model(ids, cache=cache, at=at).float()  # (len(present), V), row order
+    for row, i in enumerate(present):
+        last[i] = logits[row]
+    return cache, present, last
+
+
 @torch.inference_mode()
+def score_batch(model: Transformer, groups: list[list[tuple[list[int], list[int]]]]
+                ) -> list[list[Continuation]]:
+    """Score groups of token-id (context, continuation) pairs (a group: the choices of one
+    question) in two forward passes: every group's common prefix once, side by side, then
+    every request's remaining tokens from a copy of its prefix, side by side."""
+    device = model.tok_emb.weight.device
+    limit = model.cfg.block_size
+    prefixes, rows = _layout(groups, limit)
+    # rows of different prefixes are padded to the longest suffix from the longest prefix
+    span = max(r.shared for r in rows) + max(len(r.suffix) for r in rows)
+    if span > limit and len(groups) > 1:  # too long together: one group at a time
+        return [score_batch(model, [group])[0] for group in groups]
+    pre_cache, present, last = _prefill(model, prefixes, device)
+    # the second pass: each request continues its own copy of its group's prefix
+    cache = model.new_cache(batch=len(rows), max_len=max(span, 1))
+    for i, r in enumerate(rows):
+        if r.shared:
+            source = present.index(r.group)
+            cache.k[:, i, :, :r.shared] = pre_cache.k[:, source, :, :r.shared]
+            cache.v[:, i, :, :r.shared] = pre_cache.v[:, source, :, :r.shared]
+            cache.lengths[i] = r.shared
+    fed = [i for i, r in enumerate(rows) if r.suffix]
+    predicted: dict[int, torch.Tensor] = {}
+    if fed:
+        ids = _padded([rows[i].suffix for i in fed], device)
+        at = torch.zeros_like(ids, dtype=torch.bool)
+        for row, i in enumerate(fed):
+            r = rows[i]
+            at[row, max(r.first, 0):r.first + len(r.continuation)] = True
+        # the fed rows come first in the cache only if every row is fed: move them there
+        order = fed + [i for i in range(len(rows)) if i not in fed]
+        if order != list(range(len(rows))):
+            cache.k, cache.v = cache.k[:, order], cache.v[:, order]
+            cache.lengths = [cache.lengths[i] for i in order]
+        logits = model(ids, cache=cache, rows=slice(0, len(fed)), at=at).float()
+        counts = at.sum(dim=1).tolist()
+        for i, chunk in zip(fed, logits.split(counts), strict=True):
+            predicted[i] = chunk
+    results: list[list[Continuation]] = [[] for _ in groups]
+    for i, r in enumerate(rows):
+        parts = [last[r.group][None]] if r.first < 0 else []
+        if i in predicted:
+            parts.append(predicted[i])
+        logp = torch.log_softmax(torch.cat(parts), dim=-1)
+        target = torch.tensor(r.continuation, device=device)
+        chosen = logp.gather(1, target[:, None])[:, 0]
+        results[r.group].append(Continuation(chosen.sum().item(),
+                                             bool((logp.argmax(-1) == target).all()),
+                                             len(r.continuation)))
+    return results
+
+
 def score_group(model: Transformer, pairs: list[tuple[list[int], list[int]]]
                 ) -> list[Continuation]:
     """Score token-id (context, continuation) pairs that belong together (the choices of
     one question): the common prefix once, the rest in one batch."""
-    limit = model.cfg.block_size
-    pairs = [(_fit(c, x, limit), x) for c, x in pairs]
-    sequences = [(c + x)[:-1] for c, x in pairs]  # the last token is predicted, not fed
-    # every request keeps its whole continuation after the prefix
-    shared = min(_common_prefix(sequences), *(len(c) for c, _ in pairs))
-    device = model.tok_emb.weight.device
-    rows = len(pairs)
-    cache, before = None, torch.empty(0, model.cfg.vocab_size, device=device)
-    if shared:
-        cache = model.new_cache(batch=rows, max_len=max(len(s) for s in sequences))
-        first = torch.tensor([sequences[0][:shared]], device=device)
-        before = model(first, cache=cache, rows=slice(0, 1), last_only=True)[:, -1].float()
-        cache.k[:, 1:, :, :shared] = cache.k[:, :1, :, :shared]
-        cache.v[:, 1:, :, :shared] = cache.v[:, :1, :, :shared]
-        cache.lengths[1:] = [shared] * (rows - 1)
-    suffixes = [s[shared:] for s in sequences]
-    width = max(len(s) for s in suffixes)
-    logits = torch.empty(rows, 0, model.cfg.vocab_size, device=device)
-    if width:  # zero when a single next token after the prefix is all there is to score
-        ids = torch.zeros(rows, width, dtype=torch.long, device=device)
-        for row, suffix in enumerate(suffixes):
-            ids[row, :len(suffix)] = torch.tensor(suffix, device=device)
-        rows_slice = slice(0, rows) if cache is not None else None
-        logits = model(ids, cache=cache, rows=rows_slice).float()  # (rows, width, V)
-    results = []
-    for row, (context, continuation) in enumerate(pairs):
-        # the token at position p is predicted by the logits at p - 1; `before` holds
-        # position shared - 1 (the prefill's last), the suffix's logits the ones after it
-        start = len(context) - max(shared, 1)
-        predicting = torch.cat([before, logits[row]])[start:start + len(continuation)]
-        logp = torch.log_softmax(predicting, dim=-1)
-        target = torch.tensor(continuation, device=device)
-        chosen = logp.gather(1, target[:, None])[:, 0]
-        results.append(Continuation(chosen.sum().item(),
-                                    bool((logp.argmax(-1) == target).all()),
-                                    len(continuation)))
-    return results
+    return score_batch(model, [pairs])[0]
+
+
+def _chunks(groups: list[list[tuple[list[int], list[int]]]], rows: int, tokens: int):
+    """Consecutive groups, as many as fit `rows` requests and about `tokens` padded tokens."""
+    chunk, width, count = [], 0, 0
+    for group in groups:
+        longest = max(len(c) + len(x) for c, x in group)
+        if chunk and (count + len(group) > rows or
+                      max(width, longest) * (count + len(group)) > tokens):
+            yield chunk
+            chunk, width, count = [], 0, 0
+        chunk.append(group)
+        width, count = max(width, longest), count + len(group)
+    if chunk:
+        yield chunk
 
 
 def score_requests(model: Transformer, tokenizer: Tokenizer,
-                   groups: list[list[tuple[str, str]]],
+                   groups: list[list[tuple[str, str]]], rows: int = 32, tokens: int = 2048,
                    progress=lambda done: None) -> list[list[Continuation]]:
-    """Score text (context, continuation) requests, each inner list sharing its work."""
-    scored = []
-    for done, group in enumerate(groups, start=1):
-        scored.append(score_group(model, [encode_pair(tokenizer, c, x) for c, x in group]))
-        progress(done)
+    """Score text (context, continuation) requests, each inner list sharing its prefix;
+    consecutive groups go through together, up to `rows` requests and about `tokens`
+    padded tokens a batch."""
+    encoded = [[encode_pair(tokenizer, c, x) for c, x in group] for group in groups]
+    scored: list[list[Continuation]] = []
+    for chunk in _chunks(encoded, rows, tokens):
+        scored += score_batch(model, chunk)
+        progress(len(scored))
     return scored

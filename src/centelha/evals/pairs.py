@@ -101,7 +101,7 @@ def score_pairs(llm, path: str | Path, progress=lambda done: None) -> PairsRepor
     pairs = read_pairs(path)
     # each sentence is its own request: the two share no context, only a BOS token
     groups = [[("", p.more), ("", p.less)] for p in pairs]
-    scored = score_requests(llm.model, llm.tokenizer, groups, progress)
+    scored = score_requests(llm.model, llm.tokenizer, groups, progress=progress)
     rows = [{"category": p.category, "more": s[0].logprob, "less": s[1].logprob,
              "prefers_more": s[0].logprob > s[1].logprob}
             for p, s in zip(pairs, scored, strict=True)]
