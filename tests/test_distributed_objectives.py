@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow  # `make test-fast` leaves these out
 FLAGS = ["--max-steps", "6", "--lora-r", "4", "--set", "train.warmup_steps=1",
          "--set", "train.lr=3e-3", "--set", "train.threads=1", "--set", "train.device=cpu",
          "--set", "train.log_interval=1", "--set", "train.eval_interval=3",
-         "--set", "train.ckpt_interval=3"]
+         "--set", "train.ckpt_interval=3", "--set", "train.precision=fp32"]  # see CONFIG
 
 
 @pytest.mark.parametrize("kind", ["classify", "sft"])
