@@ -4,7 +4,7 @@ any model centelha loads (at any dtype, with an adapter).
 lm-eval finds models in its own registry and has no plugin entry point, so the model is
 registered when this module is imported. Two ways in:
 
-    centelha-lm-eval --model centelha --model_args model=smollm2-135m-instruct,dtype=int4 \\
+    centelha-lm-eval run --model centelha --model_args model=smollm2-135m-instruct,dtype=int4 \\
         --tasks <task> --include_path <dir>       # lm_eval's own CLI, centelha registered
     import centelha.evals.harness; lm_eval.simple_evaluate(model="centelha", ...)
 
