@@ -21,7 +21,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
 from centelha.evals.generation import generate_outputs
-from centelha.evals.loglikelihood import encode_pair, score_group
+from centelha.evals.loglikelihood import score_group, score_requests
 from centelha.sampling import SamplingConfig
 
 
@@ -36,15 +36,16 @@ class CentelhaLM(LM):
         self.batch = int(batch_size) if str(batch_size).isdigit() else 8
 
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:
-        tok, model = self.llm.tokenizer, self.llm.model
+        """Requests with the same context are scored as one item (their prefix shared)."""
         by_context: dict[str, list[int]] = {}
         for i, request in enumerate(requests):
             by_context.setdefault(request.args[0], []).append(i)
+        groups = [[requests[i].args for i in members] for members in by_context.values()]
+        scored = score_requests(self.llm.model, self.llm.tokenizer, groups)
         answers: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
-        for context, members in by_context.items():
-            pairs = [encode_pair(tok, context, requests[i].args[1]) for i in members]
-            for i, scored in zip(members, score_group(model, pairs), strict=True):
-                answers[i] = (scored.logprob, scored.greedy)
+        for members, results in zip(by_context.values(), scored, strict=True):
+            for i, result in zip(members, results, strict=True):
+                answers[i] = (result.logprob, result.greedy)
         return answers
 
     def loglikelihood_rolling(self, requests) -> list[float]:

@@ -10,10 +10,11 @@ the context's own tokens (a BPE merge across the boundary stays whole), and an e
 context is the model's BOS token (its end-of-text token when it has no BOS).
 
 What makes it fast is sharing work between the requests of one item. The choices of a
-multiple-choice question share their context, so `score_group` runs the longest common
-token prefix once into a KV cache, copies it to one cache row per request, and runs
-only the continuations, together, in one batch; the LM head runs only where a token is
-scored. An item whose requests share nothing still goes through in one batch. A request
+multiple-choice question share their context, so `score_batch` runs each item's longest
+common token prefix once into a KV cache, copies it to one cache row per request, and
+runs only the continuations; consecutive items go side by side in both passes, and the
+LM head runs only where a token is scored. Items whose requests share nothing still go
+through in the batch. A request
 longer than the model's context loses tokens from the left, as lm-eval's does.
 """
 
@@ -81,8 +82,8 @@ class _Row:
     group: int
     shared: int               # tokens of its group's common prefix
     suffix: list[int]         # the tokens fed after the prefix
-    first: int                # suffix index whose logits predict the first target (-1: the
-    continuation: list[int]   # prefix's last position)
+    first: int                # suffix index predicting the first target; -1: the prefix's last
+    continuation: list[int]
 
 
 def _layout(groups: list[list[tuple[list[int], list[int]]]], limit: int
@@ -140,30 +141,25 @@ def score_batch(model: Transformer, groups: list[list[tuple[list[int], list[int]
     if span > limit and len(groups) > 1:  # too long together: one group at a time
         return [score_batch(model, [group])[0] for group in groups]
     pre_cache, present, last = _prefill(model, prefixes, device)
-    # the second pass: each request continues its own copy of its group's prefix
-    cache = model.new_cache(batch=len(rows), max_len=max(span, 1))
-    for i, r in enumerate(rows):
-        if r.shared:
-            source = present.index(r.group)
-            cache.k[:, i, :, :r.shared] = pre_cache.k[:, source, :, :r.shared]
-            cache.v[:, i, :, :r.shared] = pre_cache.v[:, source, :, :r.shared]
-            cache.lengths[i] = r.shared
+    prefix_row = {group: row for row, group in enumerate(present)}
+    # the second pass: each request with tokens left to feed continues its own copy of its
+    # group's prefix (a one-token continuation right after it is scored by the first pass)
     fed = [i for i, r in enumerate(rows) if r.suffix]
     predicted: dict[int, torch.Tensor] = {}
     if fed:
+        cache = model.new_cache(batch=len(fed), max_len=span)
         ids = _padded([rows[i].suffix for i in fed], device)
         at = torch.zeros_like(ids, dtype=torch.bool)
         for row, i in enumerate(fed):
             r = rows[i]
+            if r.shared:
+                source = prefix_row[r.group]
+                cache.k[:, row, :, :r.shared] = pre_cache.k[:, source, :, :r.shared]
+                cache.v[:, row, :, :r.shared] = pre_cache.v[:, source, :, :r.shared]
+                cache.lengths[row] = r.shared
             at[row, max(r.first, 0):r.first + len(r.continuation)] = True
-        # the fed rows come first in the cache only if every row is fed: move them there
-        order = fed + [i for i in range(len(rows)) if i not in fed]
-        if order != list(range(len(rows))):
-            cache.k, cache.v = cache.k[:, order], cache.v[:, order]
-            cache.lengths = [cache.lengths[i] for i in order]
-        logits = model(ids, cache=cache, rows=slice(0, len(fed)), at=at).float()
-        counts = at.sum(dim=1).tolist()
-        for i, chunk in zip(fed, logits.split(counts), strict=True):
+        logits = model(ids, cache=cache, at=at).float()
+        for i, chunk in zip(fed, logits.split(at.sum(dim=1).tolist()), strict=True):
             predicted[i] = chunk
     results: list[list[Continuation]] = [[] for _ in groups]
     for i, r in enumerate(rows):
